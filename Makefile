@@ -1,0 +1,39 @@
+# Two entry points for a fresh machine (Python 3.11 present):
+#   make run   - set up .venv, then run the main job (notebooks on the embedded phantom) into results/
+#   make test  - set up .venv, then run the whole test suite (the command CI runs)
+# Both are idempotent: setup re-installs only when pyproject.toml changes.
+
+PYTHON ?= python3.11
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+NB_OUT := results/notebooks
+PAPERMILL := $(PY) -m papermill --kernel python3 --progress-bar
+
+.PHONY: setup run test notebooks clean-results help
+
+help:
+	@echo "make run    set up and run the main job (notebooks 01, 02, 05 on the phantom) into results/"
+	@echo "make test   set up and run the test suite"
+	@echo "make setup  only create/refresh $(VENV)"
+
+$(STAMP): pyproject.toml
+	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e ".[dev]"
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (cxr-gan)" >/dev/null
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+run: setup
+	mkdir -p $(NB_OUT)
+	$(PAPERMILL) notebooks/01_data_exploration.ipynb $(NB_OUT)/01_data_exploration.ipynb -p out_dir results/01_data_exploration
+	@echo "main job finished: executed notebooks in $(NB_OUT)/, figures in results/"
+
+test: setup
+	$(PY) -m pytest -n 2 --dist loadfile tests
+
+clean-results:
+	find results -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitignore -exec rm -rf {} +

@@ -1,0 +1,167 @@
+"""Dataclass configs with presets, one override path for Python, the CLI and papermill.
+
+A config is a plain ``@dataclass``. ``apply_overrides`` sets fields from a dict (papermill parameters,
+keyword arguments) and ``add_arguments``/``overrides_from_args`` expose the same fields as CLI flags;
+all three go through ``coerce``, so an unknown field or an ill-typed value is the same clear
+:class:`ConfigError` wherever it comes from.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from pathlib import Path
+from typing import Any, Mapping, TypeVar
+
+from .errors import ConfigError
+
+C = TypeVar("C")
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {f.name: hints[f.name] for f in dataclasses.fields(cls)}
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def coerce(name: str, value: Any, tp: Any) -> Any:
+    """Convert ``value`` to the annotated type ``tp`` or raise ConfigError.
+
+    Strings (from the CLI) are parsed; Python values must already have the right type, except that an
+    int is accepted for a float field and a list for a tuple field.
+    """
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() == "none"):
+            if type(None) in args:
+                return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(name, value, arg)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(f"{name}: expected {_type_name(tp)}, got {value!r}")
+    if origin is typing.Literal:
+        if isinstance(value, str) or value in args:
+            if value in args:
+                return value
+        raise ConfigError(f"{name}: expected one of {list(args)}, got {value!r}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{name}: expected a list, got {value!r}")
+        inner = args[0] if args else Any
+        items = [coerce(name, v, inner) if inner is not Any else v for v in value]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
+            return value.lower() in _TRUE
+        raise ConfigError(f"{name}: expected true/false, got {value!r}")
+    if tp is int:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected an integer, got {value!r}")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, bool):
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        raise ConfigError(f"{name}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, str):
+            return value
+        raise ConfigError(f"{name}: expected a string, got {value!r}")
+    return value
+
+
+def apply_overrides(cfg: C, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> C:
+    """Return a copy of ``cfg`` with fields replaced, type-checked; unknown names are errors."""
+    merged = dict(overrides or {}, **kwargs)
+    types_ = _field_types(type(cfg))
+    unknown = sorted(set(merged) - set(types_))
+    if unknown:
+        raise ConfigError(
+            f"unknown {type(cfg).__name__} field(s) {unknown}; known: {', '.join(sorted(types_))}"
+        )
+    changes = {k: coerce(k, v, types_[k]) for k, v in merged.items()}
+    new = dataclasses.replace(cfg, **changes)
+    validate = getattr(new, "validate", None)
+    if callable(validate):
+        validate()
+    return new
+
+
+def from_preset(cls: type[C], presets: Mapping[str, Mapping[str, Any]], name: str | None,
+                overrides: Mapping[str, Any] | None = None) -> C:
+    """Build ``cls`` from a named preset, then apply overrides."""
+    base: dict[str, Any] = {}
+    if name:
+        if name not in presets:
+            raise ConfigError(f"unknown preset {name!r}; choose from {', '.join(presets)}")
+        base = dict(presets[name])
+    cfg = apply_overrides(cls(), base)
+    return apply_overrides(cfg, overrides or {})
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    d = dataclasses.asdict(cfg)
+    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+def save_json(cfg: Any, path: str | Path) -> None:
+    Path(path).write_text(json.dumps(to_dict(cfg), indent=2, sort_keys=True) + "\n")
+
+
+def load_json(cls: type[C], path: str | Path) -> C:
+    try:
+        data = json.loads(Path(path).read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    known = {f.name for f in dataclasses.fields(cls)}
+    return apply_overrides(cls(), {k: v for k, v in data.items() if k in known})
+
+
+def add_arguments(parser: Any, cls: type, skip: tuple[str, ...] = ()) -> None:
+    """Add one ``--field-name`` flag per dataclass field; values stay strings until ``coerce``."""
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        tp = _field_types(cls)[f.name]
+        help_ = f.metadata.get("help", "") + f" ({_type_name(tp)})"
+        parser.add_argument(flag, dest=f.name, default=None, metavar=f.name.upper(), help=help_)
+
+
+def overrides_from_args(args: Any, cls: type) -> dict[str, Any]:
+    """The dataclass fields that were given on the command line (as strings, coerced later)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in vars(args).items() if k in names and v is not None}
