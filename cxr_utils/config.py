@@ -44,19 +44,17 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
         if value is None or (isinstance(value, str) and value.lower() == "none"):
             if type(None) in args:
                 return None
-        errors = []
         for arg in args:
             if arg is type(None):
                 continue
             try:
                 return coerce(name, value, arg)
-            except ConfigError as exc:
-                errors.append(str(exc))
+            except ConfigError:
+                pass
         raise ConfigError(f"{name}: expected {_type_name(tp)}, got {value!r}")
     if origin is typing.Literal:
-        if isinstance(value, str) or value in args:
-            if value in args:
-                return value
+        if value in args:
+            return value
         raise ConfigError(f"{name}: expected one of {list(args)}, got {value!r}")
     if origin in (tuple, list):
         if isinstance(value, str):

@@ -1,0 +1,61 @@
+"""sweep.py: a papermill grid runs every point, records failures, skips finished points, summarises."""
+
+import json
+
+import nbformat
+import pandas as pd
+import pytest
+
+from cxr_utils.errors import ConfigError
+from cxr_utils.sweep import load_spec, point_name, run_sweep
+
+
+def _toy_notebook(path):
+    nb = nbformat.v4.new_notebook()
+    params = nbformat.v4.new_code_cell("x = 1\ny = 1\nout_dir = '.'")
+    params.metadata["tags"] = ["parameters"]
+    body = nbformat.v4.new_code_cell(
+        "import json, pathlib\n"
+        "assert x != 3, 'x=3 is the planted failure'\n"
+        "p = pathlib.Path(out_dir); p.mkdir(parents=True, exist_ok=True)\n"
+        "(p / 'metrics.json').write_text(json.dumps({'product': x * y, 'nested': {'sum': x + y}}))")
+    nb.cells = [params, body]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, path)
+
+
+def _grid(tmp_path, xs):
+    nbpath = tmp_path / "toy.ipynb"
+    _toy_notebook(nbpath)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"notebook: {nbpath}\nout: {tmp_path / 'sweep'}\noutput_parameter: out_dir\n"
+                    f"parameters: {{y: 10}}\ngrid: {{x: {xs}}}\n")
+    return grid
+
+
+def test_sweep_runs_records_failure_skips_done_and_summarises(tmp_path):
+    spec = load_spec(_grid(tmp_path, [1, 2, 3]))
+    outcome = run_sweep(spec, jobs=2, progress=False)
+    assert (outcome["points"], outcome["ran"], outcome["failed"]) == (3, 3, 1)
+    table = pd.read_csv(outcome["summary"]).set_index("x")
+    assert table.loc[1, "product"] == 10 and table.loc[2, "nested.sum"] == 12
+    assert table.loc[3, "status"] == "failed"
+    status = json.loads((spec.out / point_name({"x": 3}) / "status.json").read_text())
+    assert "planted failure" in status["error"]
+    params = json.loads((spec.out / point_name({"x": 2}) / "parameters.json").read_text())
+    assert params == {"y": 10, "x": 2, "out_dir": str(spec.out / "x-2")}
+
+    again = run_sweep(spec, jobs=1, progress=False)  # only the failed point is re-run
+    assert (again["skipped"], again["ran"], again["failed"]) == (2, 1, 1)
+
+
+@pytest.mark.parametrize("text,match", [("notebook: nb.ipynb\nout: o\n", "missing key 'grid'"),
+                                        ("notebook: nope.ipynb\nout: o\ngrid: {x: [1]}\n", "not found"),
+                                        ("notebook: nb.ipynb\nout: o\ngrid: {x: []}\n", "non-empty"),
+                                        ("notebook: nb.ipynb\nout: o\ngrid: {x: [1]}\nextra: 1\n", "unknown keys")])
+def test_bad_grid_files(tmp_path, monkeypatch, text, match):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "nb.ipynb").write_text("{}")
+    (tmp_path / "g.yaml").write_text(text)
+    with pytest.raises(ConfigError, match=match):
+        load_spec(tmp_path / "g.yaml")
