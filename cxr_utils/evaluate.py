@@ -1,0 +1,353 @@
+"""Evaluate generated radiographs against real ones: ``evaluate(...)`` for notebooks and
+``python -m cxr_utils evaluate`` for the shell.
+
+``python -m cxr_utils evaluate --fake RUN_OR_FOLDER --out DIR [--real SOURCE] [--n 2000]
+[--extractor offline,inception,xrv] [--holdout-fraction 0.2] [--seed 0] [--image-size 64]``
+writes ``metrics.json`` (every value with its extractor, sample counts and seed; unavailable
+extractors as ``{"skipped": reason}``), ``nn_pairs.png`` (the generated images closest to a real
+one, beside it) and ``nn_distances.png`` (nearest-neighbour distances against the real-to-real
+baseline).
+
+A held-out part of the real images is the yardstick: real-vs-held-out baselines show what FID/KID/SWD a
+perfect generator would score at these sample sizes, and held-out-to-training distances calibrate
+the memorisation audit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import metrics as M
+from .errors import ConfigError, DataError, RunError
+
+DEFAULT_EXTRACTORS = ("offline",)
+N_CLOSEST = 8
+
+
+def _check_images(name: str, images: torch.Tensor, minimum: int) -> torch.Tensor:
+    if not isinstance(images, torch.Tensor) or images.ndim != 4:
+        raise DataError(f"{name}: expected an N x C x H x W tensor, got {getattr(images, 'shape', type(images))}")
+    if len(images) < minimum:
+        raise DataError(f"{name}: need at least {minimum} images, got {len(images)}")
+    return M.to_gray(images)
+
+
+def _counts(n_real: int, n_fake: int, seed: int, extractor: str | None = None, **extra: Any) -> dict:
+    d = {"extractor": extractor} if extractor else {}
+    return {**d, "n_real": n_real, "n_fake": n_fake, "seed": seed, **extra}
+
+
+def _feature_metrics(name: str, train: np.ndarray, holdout: np.ndarray, fake: np.ndarray, seed: int,
+                     k_pr: int, k_dc: int, kid_subset_size: int, kid_subsets: int) -> dict:
+    """FID, KID (each with its real-vs-held-out baseline), precision/recall and density/coverage."""
+    n_r, n_f, n_h = len(train), len(fake), len(holdout)
+    kid = M.kid(train, fake, kid_subset_size, kid_subsets, seed)
+    kid_base = M.kid(train, holdout, kid_subset_size, kid_subsets, seed)
+    return {
+        "fid": {"value": M.fid(train, fake), "real_baseline": M.fid(train, holdout),
+                **_counts(n_r, n_f, seed, name, n_holdout=n_h)},
+        "kid": {"value": kid["mean"], "std": kid["std"], "subset_size": kid["subset_size"],
+                "n_subsets": kid["n_subsets"], "real_baseline": kid_base["mean"],
+                "real_baseline_subset_size": kid_base["subset_size"],
+                **_counts(n_r, n_f, seed, name, n_holdout=n_h)},
+        "precision_recall": {**M.precision_recall(train, fake, k_pr), **_counts(n_r, n_f, seed, name)},
+        "density_coverage": {**M.density_coverage(train, fake, k_dc), **_counts(n_r, n_f, seed, name)},
+    }
+
+
+def _audit_summary(audit: dict, space: str, n_real: int, seed: int) -> dict:
+    """The JSON part of a memorisation audit: numbers, flag and the closest pairs (no raw arrays)."""
+    order = np.argsort(audit["fake_nn_distance"])[:N_CLOSEST]
+    keep = ("copy_rate", "n_copies", "threshold", "threshold_percentile", "expected_rate", "p_value",
+            "alpha", "flagged")
+    return {
+        "space": space, **{k: audit[k] for k in keep},
+        "fake_nn_median": float(np.median(audit["fake_nn_distance"])),
+        "baseline_nn_median": float(np.median(audit["baseline_nn_distance"])),
+        "closest": [{"fake": int(i), "real": int(audit["fake_nn_index"][i]),
+                     "distance": float(audit["fake_nn_distance"][i])} for i in order],
+        "n_real": n_real, "n_fake": len(audit["fake_nn_distance"]),
+        "n_holdout": len(audit["baseline_nn_distance"]), "seed": seed,
+    }
+
+
+def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.Tensor,
+             extractors: Sequence[str] | str = DEFAULT_EXTRACTORS, seed: int = 0,
+             weights: Mapping[str, str | Path | None] | None = None, out_dir: str | Path | None = None,
+             progress: bool = True, k_precision_recall: int = 3, k_density_coverage: int = 5,
+             kid_subset_size: int = 1000, kid_subsets: int = 100, diversity_pairs: int = 1000,
+             collapse_margin: float = 0.1, copy_percentile: float = 1.0,
+             provenance: Mapping[str, Any] | None = None) -> dict:
+    """Every metric of generated ``fake`` images against real ones, as a JSON-ready dict.
+
+    ``real_train`` are the images the generator learnt from, ``real_holdout`` real images kept apart
+    (baselines and the memorisation audit's calibration); all are ``N x C x H x W`` in [-1, 1] of one
+    size. ``extractors`` names entries of ``metrics.EXTRACTORS`` (a list or comma-separated string);
+    ``weights`` maps an extractor name to a local weights file. An extractor that cannot run is
+    reported as ``{"skipped": reason}``. With ``out_dir``, ``metrics.json`` and the figures are written;
+    ``provenance`` (where the images came from) is stored in the result as given.
+    """
+    if isinstance(extractors, str):
+        extractors = [e.strip() for e in extractors.split(",") if e.strip()]
+    unknown = [e for e in extractors if e not in M.EXTRACTORS]
+    if unknown:
+        raise ConfigError(f"unknown feature extractor(s) {unknown}; choose from {', '.join(M.EXTRACTORS)}")
+    minimum = max(k_precision_recall, k_density_coverage) + 1
+    train = _check_images("real_train", real_train, minimum)
+    holdout = _check_images("real_holdout", real_holdout, 2)
+    gen = _check_images("fake", fake, minimum)
+    sizes = {tuple(t.shape[-2:]) for t in (train, holdout, gen)}
+    if len(sizes) != 1:
+        raise DataError(f"real and generated images differ in size: {sorted(sizes)}")
+    n_r, n_h, n_f = len(train), len(holdout), len(gen)
+    weights = dict(weights or {})
+
+    result: dict[str, Any] = {
+        "seed": seed, "counts": {"real_train": n_r, "real_holdout": n_h, "fake": n_f},
+        "image_size": list(train.shape[-2:]), **dict(provenance or {}), "extractors": {},
+        "fid": {}, "kid": {}, "precision_recall": {}, "density_coverage": {},
+    }
+    audits: dict[str, dict] = {}
+    for name in extractors:
+        try:
+            ext = M.get_extractor(name, weights.get(name))
+        except M.ExtractorUnavailable as exc:
+            print(f"skipped {name}: {exc}", file=sys.stderr)
+            result["extractors"][name] = {"skipped": str(exc)}
+            for key in ("fid", "kid", "precision_recall", "density_coverage"):
+                result[key][name] = {"skipped": str(exc)}
+            continue
+        result["extractors"][name] = {"preprocessing": ext.preprocessing}
+        f_train, f_hold, f_fake = (ext(x, progress, f"features[{name}] {what}")
+                                   for x, what in ((train, "real"), (holdout, "held-out"), (gen, "generated")))
+        result["extractors"][name]["dim"] = int(f_train.shape[1])
+        per = _feature_metrics(name, f_train, f_hold, f_fake, seed, k_precision_recall,
+                               k_density_coverage, kid_subset_size, kid_subsets)
+        for key, value in per.items():
+            result[key][name] = value
+        audits[name] = M.memorisation_audit(f_train, f_hold, f_fake, copy_percentile)
+
+    result["swd"] = {**M.swd(train, gen, seed=seed), "real_baseline": M.swd(train, holdout, seed=seed)["mean"],
+                     "unit": "x1e3", **_counts(n_r, n_f, seed, n_holdout=n_h)}
+    div_fake = M.msssim_diversity(gen, diversity_pairs, seed)
+    div_real = M.msssim_diversity(train, diversity_pairs, seed)
+    result["diversity"] = {
+        "generated": div_fake["mean"], "generated_std": div_fake["std"], "real": div_real["mean"],
+        "real_std": div_real["std"], "n_pairs": diversity_pairs, "settings": div_fake["settings"],
+        "collapse_margin": collapse_margin,
+        "mode_collapse": div_fake["mean"] > div_real["mean"] + collapse_margin,
+        "rule": f"mode_collapse when mean generated MS-SSIM > mean real MS-SSIM + {collapse_margin}",
+        **_counts(n_r, n_f, seed),
+    }
+    scale = 1.0 / math.sqrt(train[0].numel())  # L2 / sqrt(pixels): RMS difference in [-1, 1] units
+    audits = {"pixel": M.memorisation_audit(*(x.flatten(1).double().numpy() * scale for x in (train, holdout, gen)),
+                                            copy_percentile), **audits}
+    result["memorisation"] = {space: _audit_summary(a, space, n_r + n_h, seed) for space, a in audits.items()}
+    result["memorisation"]["pixel"]["distance"] = "RMS pixel difference of [-1, 1] images"
+
+    if out_dir is not None:
+        _write_outputs(Path(out_dir), result, audits, train, holdout, gen)
+    return result
+
+
+def _write_outputs(out: Path, result: dict, audits: dict[str, dict], train: torch.Tensor,
+                   holdout: torch.Tensor, gen: torch.Tensor) -> None:
+    from . import plots
+
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    reference = torch.cat([train, holdout])
+    pixel = audits["pixel"]
+    plots.memorisation_pairs(gen, reference, pixel["fake_nn_distance"], pixel["fake_nn_index"],
+                             pixel["threshold"], n=N_CLOSEST, path=out / "nn_pairs.png")
+    plots.nn_distance_histograms(
+        {space: (a["fake_nn_distance"], a["baseline_nn_distance"], a["threshold"]) for space, a in audits.items()},
+        path=out / "nn_distances.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# the table
+
+
+def _fmt(x: float) -> str:
+    return f"{x:.4g}" if abs(x) >= 1e-3 or x == 0 else f"{x:.2e}"
+
+
+def format_metrics(d: dict) -> str:
+    """A plain-text table of an ``evaluate`` result: metric, extractor, value, real baseline, counts."""
+    rows: list[tuple[str, ...]] = []
+    for name, info in d["extractors"].items():
+        if "skipped" in info:
+            rows.append(("FID/KID/PR/DC", name, "skipped", "", "", info["skipped"]))
+            continue
+        fid, kid = d["fid"][name], d["kid"][name]
+        pr, dc = d["precision_recall"][name], d["density_coverage"][name]
+        counts = f"{fid['n_real']}/{fid['n_fake']}"
+        rows += [
+            ("FID", name, _fmt(fid["value"]), _fmt(fid["real_baseline"]), counts, ""),
+            ("KID", name, f"{_fmt(kid['value'])} ± {_fmt(kid['std'])}", _fmt(kid["real_baseline"]), counts,
+             f"subsets of {kid['subset_size']} x{kid['n_subsets']}"),
+            ("precision / recall", name, f"{pr['precision']:.3f} / {pr['recall']:.3f}", "", counts, f"k={pr['k']}"),
+            ("density / coverage", name, f"{dc['density']:.3f} / {dc['coverage']:.3f}", "", counts, f"k={dc['k']}"),
+        ]
+    swd = d["swd"]
+    rows.append(("SWD x1e3", "pixels", _fmt(swd["mean"]), _fmt(swd["real_baseline"]),
+                 f"{swd['n_real']}/{swd['n_fake']}", "levels " + "/".join(str(s) for s in swd["level_sizes"])))
+    div = d["diversity"]
+    rows.append(("MS-SSIM (gen vs real)", "pixels", f"{div['generated']:.3f} vs {div['real']:.3f}", "",
+                 f"{div['n_pairs']} pairs", "MODE COLLAPSE" if div["mode_collapse"] else "ok"))
+    for space, a in d["memorisation"].items():
+        note = f"p={a['p_value']:.2g}" + ("  COPIES SUSPECTED" if a["flagged"] else "  ok")
+        rows.append(("copy rate", space, f"{100 * a['copy_rate']:.2f}%", f"{100 * a['expected_rate']:.0f}%",
+                     f"{a['n_real']}/{a['n_fake']}", note))
+    header = ("metric", "extractor", "value", "real baseline", "n real/fake", "note")
+    widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header) - 1)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in [header] + rows]
+    lines.insert(1, "-" * len(lines[0]))
+    lines.append(f"seed {d['seed']}; real baseline = the same metric between training and held-out real "
+                 f"images ({d['counts']['real_holdout']} held out); MS-SSIM: {div['settings']}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# loading for the CLI
+
+
+def _is_run(path: Path) -> bool:
+    from . import runs
+
+    return (path / runs.NETWORK_FINAL).is_file() or (path / runs.NETWORK_SNAPSHOT).is_file()
+
+
+def _random_subset(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
+    if len(images) <= n:
+        return images
+    keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
+    return images[keep.sort().values]
+
+
+def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    if images.shape[-1] == size and images.shape[-2] == size:
+        return images
+    return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
+
+
+def load_fake(fake: str, n: int, seed: int, image_size: int | None, progress: bool = True
+              ) -> tuple[torch.Tensor, dict, Any]:
+    """Generated images from a run folder (sampled with ``seed``) or a folder of images (a random ``n``).
+
+    Returns the images (one channel, ``image_size`` px), a provenance dict, and the run's config
+    (None for a folder).
+    """
+    from . import data, runs
+    from .paths import project_path
+
+    path = project_path(fake)
+    if not path.is_dir():
+        raise DataError(f"--fake: not a folder: {fake}")
+    if _is_run(path):
+        cfg, G = runs.load_run(path)
+        images = M.to_gray(runs.sample(G, n, seed=seed))
+        info = {"kind": "run", "path": str(fake), "sample_seed": seed, "generated_size": int(images.shape[-1])}
+    else:
+        ds = data.load(str(path), image_size=image_size or 64, channels=1, dedup=False, cache=False,
+                       progress=progress)
+        images, cfg = _random_subset(ds.images, n, seed), None
+        info = {"kind": "folder", "path": str(fake), "files": len(ds)}
+    size = image_size or int(images.shape[-1])
+    if images.shape[-1] != size:
+        info["resized_to"] = size
+    return _resize(images, size), info, cfg
+
+
+def load_real(source: str | None, cfg: Any, n: int, holdout_fraction: float, seed: int, image_size: int,
+              progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """Training and held-out real images: ``source``, or the run's own training set when None.
+
+    At most ``n`` real images are used (a seeded random subset); the held-out part is split by
+    patient group where the source names patients, so no patient is on both sides of the baseline.
+    """
+    from .splits import make_splits
+
+    if source is None:
+        if cfg is None:
+            raise ConfigError("--real is required when --fake is a folder of images")
+        from .train import training_images
+
+        images, groups, info = training_images(cfg, progress=progress), None, {"source": "the run's training set"}
+        images = _resize(M.to_gray(images), image_size)
+    else:
+        from . import data
+
+        ds = data.load(source, image_size=image_size, channels=1, progress=progress)
+        images, groups, info = ds.images, np.asarray(ds.groups), {"source": source}
+    info["available"] = len(images)
+    if len(images) > n:
+        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        images = images[keep]
+        groups = groups[keep.numpy()] if groups is not None else None
+    info["used"] = len(images)
+    split = make_splits(np.zeros(len(images), dtype=int), groups, (1 - holdout_fraction, holdout_fraction),
+                        seed=seed, names=("train", "holdout"))
+    if len(split["holdout"]) < 2 or len(split["train"]) < 2:
+        raise DataError(f"too few real images ({len(images)}) to hold out {holdout_fraction:.0%}")
+    info["holdout_fraction"] = holdout_fraction
+    return images[split["train"]], images[split["holdout"]], info
+
+
+# --------------------------------------------------------------------------------------------------
+# CLI
+
+
+def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--fake", required=True, metavar="RUN_OR_FOLDER",
+                        help="a run folder (samples --n images) or a folder of generated images")
+    parser.add_argument("--out", required=True, metavar="DIR", help="output folder for metrics.json and figures")
+    parser.add_argument("--real", default=None, metavar="SOURCE",
+                        help="real data source for data.load (default: the run's own training set)")
+    parser.add_argument("--n", type=int, default=2000,
+                        help="generated images, and the cap on real images used (default 2000)")
+    parser.add_argument("--extractor", default=",".join(DEFAULT_EXTRACTORS),
+                        help=f"comma-separated feature extractors: {', '.join(M.EXTRACTORS)} (default offline)")
+    parser.add_argument("--holdout-fraction", type=float, default=0.2,
+                        help="share of the real images held out as the real-to-real baseline (default 0.2)")
+    parser.add_argument("--seed", type=int, default=0, help="seeds sampling, subsets and splits (default 0)")
+    parser.add_argument("--image-size", type=int, default=None,
+                        help="evaluation size in px (default: the run's size; 64 for an image folder)")
+    parser.add_argument("--inception-weights", default=None, metavar="PATH",
+                        help="FID Inception-v3 weights file (default: torch's hub cache; never downloaded)")
+    parser.add_argument("--xrv-weights", default=None, metavar="PATH",
+                        help="torchxrayvision densenet121-res224-all weights (default: its cache; never downloaded)")
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    from .paths import project_path
+
+    if args.n < 2:
+        raise ConfigError("--n must be >= 2")
+    if not 0 < args.holdout_fraction < 1:
+        raise ConfigError(f"--holdout-fraction must be between 0 and 1, got {args.holdout_fraction}")
+    if args.image_size is not None and args.image_size < 16:
+        raise ConfigError(f"--image-size must be >= 16, got {args.image_size}")
+    fake, fake_info, cfg = load_fake(args.fake, args.n, args.seed, args.image_size)
+    size = int(fake.shape[-1])
+    train, holdout, real_info = load_real(args.real, cfg, args.n, args.holdout_fraction, args.seed, size)
+    if real_info["used"] < real_info["available"]:
+        print(f"note: using {real_info['used']} of {real_info['available']} real images (raise --n to use all; "
+              "the memorisation audit only searches the images used)", file=sys.stderr)
+    result = evaluate(train, holdout, fake, extractors=args.extractor, seed=args.seed,
+                      weights={"inception": args.inception_weights, "xrv": args.xrv_weights},
+                      out_dir=project_path(args.out), provenance={"fake_source": fake_info, "real_source": real_info})
+    print(format_metrics(result))
+    out = project_path(args.out)
+    print(f"wrote {out / 'metrics.json'}, {out / 'nn_pairs.png'}, {out / 'nn_distances.png'}")
+    return 0

@@ -1,0 +1,333 @@
+"""Figures of image data: grids, per-class montages, mean images, intensity histograms, class balance, sizes.
+
+Every figure function returns a matplotlib ``Figure`` (a notebook cell displays it) and also saves it
+when ``path`` is given. Figures are closed in pyplot as soon as they are made, so scripts do not
+accumulate open figures and a notebook shows each one exactly once (as the cell's value). Grayscale
+images are drawn with ``cmap="gray"`` and a fixed range, so brightness is comparable across panels.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import matplotlib
+
+if ("MPLBACKEND" not in os.environ and "ipykernel" not in sys.modules and sys.platform.startswith("linux")
+        and not (os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))):
+    matplotlib.use("Agg")  # headless: never try to open a window
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from PIL import Image  # noqa: E402
+
+if TYPE_CHECKING:
+    from .data import CXRDataset, DataReport
+
+
+def _to_uint8(images: torch.Tensor) -> np.ndarray:
+    """(N, C, H, W) in [-1, 1] -> uint8 numpy of the same shape."""
+    x = images.detach().float().cpu()
+    if x.ndim == 3:
+        x = x.unsqueeze(1)
+    if x.ndim != 4 or x.shape[1] not in (1, 3):
+        raise ValueError(f"expected images N x C x H x W with C in (1, 3), got {tuple(images.shape)}")
+    return ((x.clamp(-1, 1) * 0.5 + 0.5) * 255).round().to(torch.uint8).numpy()
+
+
+def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
+    """Tile ``images`` (N, C, H, W in [-1, 1]), ``nrow`` per row, on black: uint8 (H, W) or (H, W, 3)."""
+    x = _to_uint8(images)
+    n, c, h, w = x.shape
+    ncol = max(1, min(nrow, n))
+    nrows = max(1, math.ceil(n / ncol))
+    grid = np.zeros((c, nrows * (h + padding) + padding, ncol * (w + padding) + padding), dtype=np.uint8)
+    for i in range(n):
+        top = padding + (i // ncol) * (h + padding)
+        left = padding + (i % ncol) * (w + padding)
+        grid[:, top:top + h, left:left + w] = x[i]
+    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
+
+
+def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, padding: int = 2) -> Path:
+    """Write ``image_grid(images, nrow)`` as a PNG at full resolution."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(image_grid(images, nrow, padding)).save(path)
+    return path
+
+
+def _figure(width: float, height: float) -> Figure:
+    """A pyplot figure (so notebooks render it), closed at once (so nothing else shows or keeps it)."""
+    fig = plt.figure(figsize=(width, height), layout="constrained")
+    plt.close(fig)
+    return fig
+
+
+def _finish(fig: Figure, path: str | Path | None) -> Figure:
+    if path is not None:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=120)
+    return fig
+
+
+def _show(ax, image: np.ndarray) -> None:
+    ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
+    ax.set_xticks([])
+    ax.set_yticks([])
+
+
+def montage_by_class(ds: CXRDataset, per_class: int = 8, path: str | Path | None = None) -> Figure:
+    """One row per class: its first ``per_class`` images, labelled with the class size."""
+    k = len(ds.class_names)
+    fig = _figure(1.1 * per_class + 1.2, 1.25 * k + 0.5)
+    axes = fig.subplots(k, 1, squeeze=False)[:, 0]
+    for label, (ax, name) in enumerate(zip(axes, ds.class_names)):
+        idx = (ds.labels == label).nonzero().flatten()
+        if len(idx):
+            _show(ax, image_grid(ds.images[idx[:per_class]], nrow=per_class))
+        else:
+            ax.set_axis_off()
+        ax.set_ylabel(f"{name}\n(n={len(idx)})", rotation=0, ha="right", va="center")
+    fig.suptitle(f"{ds.source}: first {per_class} images per class")
+    return _finish(fig, path)
+
+
+def mean_image_by_class(ds: CXRDataset, path: str | Path | None = None) -> Figure:
+    """Mean image of each class (fixed gray scale); with two classes also their difference.
+
+    A difference concentrated outside the lungs (markers, borders, text) hints at a shortcut a
+    classifier or GAN could learn instead of anatomy.
+    """
+    means = []
+    for label in range(len(ds.class_names)):
+        sel = ds.images[ds.labels == label, 0]
+        means.append(sel.mean(0).numpy() if len(sel) else None)
+    two = len(means) == 2 and all(m is not None for m in means)
+    panels = len(means) + int(two)
+    fig = _figure(3.0 * panels, 3.3)
+    axes = fig.subplots(1, panels, squeeze=False)[0]
+    for ax, name, mean in zip(axes, ds.class_names, means):
+        if mean is None:
+            ax.set_axis_off()
+        else:
+            _show(ax, (mean * 0.5 + 0.5) * 255)
+        ax.set_title(f"mean {name}")
+    if two:
+        diff = (means[1] - means[0]) * 0.5 * 255  # in 8-bit grey levels
+        lim = max(float(np.abs(diff).max()), 1e-6)
+        im = axes[-1].imshow(diff, cmap="RdBu_r", vmin=-lim, vmax=lim)
+        axes[-1].set_xticks([])
+        axes[-1].set_yticks([])
+        axes[-1].set_title(f"{ds.class_names[1]} - {ds.class_names[0]}")
+        fig.colorbar(im, ax=axes[-1], shrink=0.8, label="grey levels")
+    return _finish(fig, path)
+
+
+def intensity_histograms(ds: CXRDataset, path: str | Path | None = None) -> Figure:
+    """Pixel-intensity distribution (8-bit grey levels, density) per class, overlaid."""
+    fig = _figure(6.5, 3.8)
+    ax = fig.subplots()
+    bins = np.arange(257)
+    for label, name in enumerate(ds.class_names):
+        sel = ds.images[ds.labels == label, 0]
+        if not len(sel):
+            continue
+        values = _to_uint8(sel.unsqueeze(1)).ravel()
+        hist, _ = np.histogram(values, bins=bins, density=True)
+        ax.step(bins[:-1], hist, where="post", label=f"{name} (n={len(sel)}, mean {values.mean():.0f})")
+    ax.set_xlim(0, 255)
+    ax.set_xlabel("grey level")
+    ax.set_ylabel("density")
+    ax.set_title(f"{ds.source}: intensity histogram per class")
+    ax.legend()
+    return _finish(fig, path)
+
+
+def class_balance(ds: CXRDataset, path: str | Path | None = None) -> Figure:
+    """Images per class, with counts and shares written on the bars."""
+    counts = np.bincount(ds.labels.numpy(), minlength=len(ds.class_names))[:len(ds.class_names)]
+    fig = _figure(max(3.5, 1.3 * len(counts) + 1.5), 3.5)
+    ax = fig.subplots()
+    bars = ax.bar(ds.class_names, counts, color="tab:blue")
+    total = max(int(counts.sum()), 1)
+    ax.bar_label(bars, labels=[f"{c} ({100 * c / total:.0f}%)" for c in counts], padding=2)
+    ax.set_ylabel("images")
+    ax.set_ylim(0, max(int(counts.max()), 1) * 1.15)
+    ax.set_title(f"{ds.source}: class balance (n={total})")
+    return _finish(fig, path)
+
+
+def size_distribution(report: DataReport, path: str | Path | None = None, max_bars: int = 12) -> Figure:
+    """Original image sizes (bars when few distinct, else a width-height scatter) and bit depths."""
+    fig = _figure(9, 3.6)
+    ax_size, ax_bits = fig.subplots(1, 2, width_ratios=[2, 1])
+    sizes = sorted(report.original_sizes.items(), key=lambda kv: -kv[1])
+    if len(sizes) <= max_bars:
+        ax_size.barh([s for s, _ in sizes][::-1], [n for _, n in sizes][::-1], color="tab:blue")
+        ax_size.set_xlabel("images")
+    else:
+        wh = np.array([[int(v) for v in s.split("x")] for s, _ in sizes])
+        n = np.array([c for _, c in sizes])
+        ax_size.scatter(wh[:, 0], wh[:, 1], s=10 + 90 * n / n.max(), alpha=0.5)
+        ax_size.set_xlabel("width (px)")
+        ax_size.set_ylabel("height (px)")
+    ax_size.set_title(f"original size ({len(sizes)} distinct)")
+    depths = sorted(report.bit_depths.items())
+    ax_bits.bar([d for d, _ in depths], [n for _, n in depths], color="tab:gray")
+    ax_bits.set_title("bit depth")
+    ax_bits.set_ylabel("images")
+    return _finish(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# training figures: per-iteration curves from a run's history rows (``stats.jsonl``), epoch grids,
+# the progress GIF, real vs generated
+
+
+def _series(history: list[dict], key: str) -> tuple[np.ndarray, np.ndarray]:
+    """(iteration, value) where ``key`` was recorded (G skips iterations when n_dis > 1)."""
+    pts = [(r["iteration"], r[key]) for r in history if r.get(key) is not None and math.isfinite(r[key])]
+    if not pts:
+        return np.empty(0), np.empty(0)
+    it, val = zip(*pts)
+    return np.asarray(it), np.asarray(val, dtype=float)
+
+
+def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
+    """Trailing mean over ``window`` points (shorter at the start), so a noisy GAN curve shows a trend."""
+    if window <= 1 or len(values) < window:
+        return values
+    c = np.cumsum(np.insert(values, 0, 0.0))
+    head = c[1:window] / np.arange(1, window)
+    return np.concatenate([head, (c[window:] - c[:-window]) / window])
+
+
+def _training_curves(history: list[dict], keys: dict[str, str], ylabel: str, title: str) -> Figure:
+    fig = _figure(9, 4)
+    ax = fig.subplots()
+    window = max(1, len(history) // 50)
+    for key, label in keys.items():
+        it, val = _series(history, key)
+        if len(it):
+            (line,) = ax.plot(it, val, lw=0.6, alpha=0.35)
+            ax.plot(it, _moving_average(val, window), lw=1.6, color=line.get_color(), label=label)
+    starts = [r["iteration"] for i, r in enumerate(history) if i and r["epoch"] != history[i - 1]["epoch"]]
+    for x in starts[:: max(1, len(starts) // 25)]:
+        ax.axvline(x, color="0.88", lw=0.6, zorder=0)
+    ax.set_xlabel("iteration (faint lines: epochs)")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title + (f"; bold: mean of {window} iterations" if window > 1 else ""))
+    ax.legend(loc="best")
+    ax.grid(alpha=0.3)
+    return fig
+
+
+def training_losses(history: list[dict], path: str | Path | None = None) -> Figure:
+    """Discriminator and generator loss per iteration."""
+    fig = _training_curves(history, {"loss_D": "D loss", "loss_G": "G loss"}, "loss", "GAN losses")
+    return _finish(fig, path)
+
+
+def training_scores(history: list[dict], path: str | Path | None = None) -> Figure:
+    """D(x) and D(G(z)) per iteration, as probabilities of 'real' (sigmoid of D's score)."""
+    keys = {"D_x": "D(x)", "D_G_z1": "D(G(z)) before G step", "D_G_z2": "D(G(z)) after G step"}
+    fig = _training_curves(history, keys, "D output (probability real)", "Discriminator scores")
+    ax = fig.axes[0]
+    ax.axhline(0.5, color="k", lw=0.8, ls="--")
+    ax.set_ylim(-0.02, 1.02)
+    return _finish(fig, path)
+
+
+def epoch_grids(sample_dir: str | Path, epochs: list[int] | tuple[int, ...],
+                path: str | Path | None = None) -> Figure | None:
+    """The fixed-noise sample grids ``epoch_NNN.png`` of ``epochs`` side by side (those that exist)."""
+    found = [(e, Path(sample_dir) / f"epoch_{e:03d}.png") for e in epochs]
+    found = [(e, p) for e, p in found if p.exists()]
+    if not found:
+        return None
+    fig = _figure(4.2 * len(found), 4.5)
+    for ax, (epoch, png) in zip(fig.subplots(1, len(found), squeeze=False)[0], found):
+        ax.imshow(np.asarray(Image.open(png).convert("L")), cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"epoch {epoch}")
+        ax.set_axis_off()
+    return _finish(fig, path)
+
+
+def real_vs_generated(real: torch.Tensor, fake: torch.Tensor, n: int = 32,
+                      path: str | Path | None = None) -> Figure:
+    """``n`` real and ``n`` generated images (in [-1, 1]) as two grayscale grids side by side."""
+    fig = _figure(11, 5.8)
+    for ax, images, title in zip(fig.subplots(1, 2), (real, fake), ("real", "generated")):
+        shown = images[:n].float().mean(1, keepdim=True)  # RGB-replicated gray back to gray
+        _show(ax, image_grid(shown, nrow=math.ceil(math.sqrt(len(shown)))))
+        ax.set_title(f"{title} ({len(shown)})")
+    return _finish(fig, path)
+
+
+def save_progress_gif(frames: list[Path], path: str | Path, seconds_per_frame: float = 0.4) -> Path:
+    """Animate the per-epoch sample grids (looping); the last frame is held three times longer."""
+    import imageio.v2 as imageio
+
+    images = [imageio.imread(f) for f in frames]
+    durations = [1000 * seconds_per_frame] * len(images)  # milliseconds
+    durations[-1] *= 3
+    imageio.mimsave(path, images, duration=durations if len(images) > 1 else durations[0], loop=0)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# memorisation audit figures
+
+
+def memorisation_pairs(fake: torch.Tensor, reference: torch.Tensor, nn_distance: np.ndarray,
+                       nn_index: np.ndarray, threshold: float, n: int = 8,
+                       path: str | Path | None = None) -> Figure:
+    """The ``n`` generated images closest to a real one, each beside that real image.
+
+    Panels read "generated | nearest real", titled with the distance; red titles are below the
+    copy threshold. A copy looks like two identical halves.
+    """
+    order = np.argsort(nn_distance)[:n]
+    ncol = min(4, max(1, len(order)))
+    nrows = max(1, math.ceil(len(order) / ncol))
+    fig = Figure(figsize=(3.2 * ncol, 1.9 * nrows + 0.5), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(nrows, ncol)).ravel()
+    for ax in axes:
+        ax.set_axis_off()
+    for ax, i in zip(axes, order):
+        pair = torch.stack([fake[i].float().mean(0, keepdim=True), reference[nn_index[i]].float().mean(0, keepdim=True)])
+        _show(ax, image_grid(pair, nrow=2))
+        close = nn_distance[i] < threshold
+        ax.set_title(f"gen {i} | real {nn_index[i]}: {nn_distance[i]:.3g}", fontsize=9,
+                     color="red" if close else "black")
+    fig.suptitle(f"closest generated | nearest real (red: below copy threshold {threshold:.3g})", fontsize=10)
+    return _finish(fig, path)
+
+
+def nn_distance_histograms(spaces: dict[str, tuple[np.ndarray, np.ndarray, float]],
+                           path: str | Path | None = None) -> Figure:
+    """Per feature space: nearest-real distances of generated images against the real-to-real baseline.
+
+    ``spaces`` maps a name to ``(generated NN distances, held-out-to-training NN distances, threshold)``.
+    A generator that copies shows a generated mass left of the baseline and of the threshold line.
+    """
+    fig = Figure(figsize=(4.6 * len(spaces), 3.4), layout="constrained")
+    axes = np.atleast_1d(fig.subplots(1, len(spaces)))
+    for ax, (name, (fake_d, base_d, threshold)) in zip(axes, spaces.items()):
+        bins = np.linspace(0, max(fake_d.max(), base_d.max()) * 1.02 + 1e-12, 40)
+        ax.hist(base_d, bins=bins, density=True, alpha=0.55, label=f"held-out real -> training ({len(base_d)})")
+        ax.hist(fake_d, bins=bins, density=True, alpha=0.55, label=f"generated -> real ({len(fake_d)})")
+        ax.axvline(threshold, color="red", lw=1, ls="--", label="copy threshold")
+        copy_rate = float(np.mean(fake_d < threshold))
+        ax.set_title(f"{name}: copy rate {100 * copy_rate:.1f}%", fontsize=10)
+        ax.set_xlabel("distance to nearest real image")
+        ax.legend(fontsize=7)
+    axes[0].set_ylabel("density")
+    return _finish(fig, path)

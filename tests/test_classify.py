@@ -1,0 +1,232 @@
+"""Classifier: 1-channel backbones, local-only ImageNet weights, seeded training, metrics and CIs."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+from scipy.stats import norm
+from sklearn.metrics import roc_auc_score
+
+from cxr_utils.classify import (ClassifierConfig, CLASSIFIER_PRESETS, bootstrap_ci, build_classifier,
+                                classic_augment, evaluate_classifier, macro_auc, paired_bootstrap_delta,
+                                predict_scores, roc_auc, score_metrics, train_classifier,
+                                youden_threshold)
+from cxr_utils.config import apply_overrides, from_preset
+from cxr_utils.errors import ConfigError
+
+SMOKE = from_preset(ClassifierConfig, CLASSIFIER_PRESETS, "smoke", {"precision": "fp32", "device": "cpu"})
+
+
+def _blobs(n: int, size: int = 16, seed: int = 0, classes: int = 2):
+    """Noise images; class k > 0 adds a bright square at a class-specific place."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 1, size, size, generator=g) * 0.3 - 0.3
+    y = torch.arange(n) % classes
+    for k in range(1, classes):
+        r = (k - 1) * size // 2
+        x[y == k, :, r:r + size // 4, size // 4:size // 2] += 0.8
+    return x.clamp(-1, 1), y
+
+
+# -------------------------------------------------------------------------------------- models
+
+
+def test_resnet50_takes_one_channel():
+    model = build_classifier("resnet50", num_classes=2, image_size=32, seed=0)
+    assert model.net.conv1.in_channels == 1
+    assert model.weights == "scratch"
+    with torch.no_grad():
+        assert model.eval()(torch.zeros(3, 1, 40, 40)).shape == (3, 2)
+
+
+@pytest.mark.parametrize("backbone", ["resnet18", "smallcnn"])
+def test_other_backbones_forward_multiclass(backbone):
+    model = build_classifier(backbone, num_classes=3, image_size=32, seed=0).eval()
+    with torch.no_grad():
+        assert model(torch.zeros(2, 1, 32, 32)).shape == (2, 3)
+        assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)  # RGB input is averaged to grey
+
+
+@pytest.fixture
+def empty_hub(tmp_path, monkeypatch):
+    """An empty torch hub cache; any download attempt fails the test."""
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+
+    def no_download(*args, **kwargs):
+        raise AssertionError("tried to download weights")
+
+    monkeypatch.setattr(torch.hub, "load_state_dict_from_url", no_download)
+    monkeypatch.setattr(torch.hub, "download_url_to_file", no_download)
+    return tmp_path
+
+
+def test_missing_imagenet_weights_fall_back_to_scratch(empty_hub):
+    with pytest.warns(UserWarning, match="not found"):
+        model = build_classifier("resnet50", pretrained=True, image_size=32)
+    assert model.weights.startswith("scratch (imagenet weights not found at ")
+    assert str(empty_hub) in model.weights
+    with pytest.warns(UserWarning):
+        model = build_classifier("resnet18", pretrained=True, weights_path=empty_hub / "nope.pth")
+    assert model.weights == f"scratch (imagenet weights not found at {empty_hub / 'nope.pth'})"
+
+
+def test_local_imagenet_weights_are_used_with_grey_conv1(empty_hub):
+    from torchvision.models import resnet18
+
+    reference = resnet18(weights=None).state_dict()
+    (empty_hub / "checkpoints").mkdir()
+    torch.save(reference, empty_hub / "checkpoints" / "resnet18-f37072fd.pth")
+    model = build_classifier("resnet18", pretrained=True, image_size=32)
+    assert model.weights == "imagenet"
+    assert torch.equal(model.net.conv1.weight, reference["conv1.weight"].mean(dim=1, keepdim=True))
+    assert torch.equal(model.net.layer4[1].conv2.weight, reference["layer4.1.conv2.weight"])
+    assert model.net.fc.out_features == 2
+
+
+def test_weights_label_reaches_history_and_results(empty_hub):
+    x, y = _blobs(16, size=16)
+    cfg = apply_overrides(SMOKE, backbone="resnet18", pretrained=True, image_size=16, epochs=1)
+    with pytest.warns(UserWarning):
+        model, history = train_classifier(cfg, x, y, x, y, progress=False)
+    result = evaluate_classifier(model, x, y, n_boot=10)
+    assert history["weights"] == result["weights"] == model.weights
+    assert result["weights"].startswith("scratch (imagenet weights not found")
+
+
+def test_config_is_overridable_and_checked():
+    cfg = apply_overrides(ClassifierConfig(), {"backbone": "resnet18", "epochs": "7", "augment": "none"})
+    assert (cfg.backbone, cfg.epochs, cfg.augment) == ("resnet18", 7, "none")
+    with pytest.raises(ConfigError, match="backbone"):
+        apply_overrides(ClassifierConfig(), backbone="vgg16")
+    with pytest.raises(ConfigError, match="epochs"):
+        apply_overrides(ClassifierConfig(), epochs=0)
+
+
+def test_classic_augment_without_magnitudes_only_flips():
+    x, _ = _blobs(8, size=16)
+    out = classic_augment(x, torch.Generator().manual_seed(0), max_degrees=0, max_shift=0, max_zoom=0,
+                          max_brightness=0, max_contrast=0)
+    for a, b in zip(x, out):
+        assert torch.allclose(b, a, atol=1e-5) or torch.allclose(b, a.flip(-1), atol=1e-5)
+    assert not torch.allclose(out, x, atol=1e-5) and not torch.allclose(out, x.flip(-1), atol=1e-5)
+
+
+def test_classic_augment_is_seeded_and_in_range():
+    x, _ = _blobs(8, size=16)
+    a = classic_augment(x, torch.Generator().manual_seed(1))
+    b = classic_augment(x, torch.Generator().manual_seed(1))
+    assert torch.equal(a, b) and a.shape == x.shape
+    assert a.min() >= -1 and a.max() <= 1 and not torch.allclose(a, x)
+
+
+# ------------------------------------------------------------------------------------- metrics
+
+
+def test_auc_matches_sklearn_with_ties():
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 300)
+    score = np.round(rng.random(300) + 0.3 * y, 1)  # coarse scores: many ties
+    assert roc_auc(y, score) == pytest.approx(roc_auc_score(y, score), abs=1e-12)
+    y3 = rng.integers(0, 3, 300)
+    probs = rng.dirichlet(np.ones(3), 300) + np.eye(3)[y3] * 0.2
+    probs /= probs.sum(axis=1, keepdims=True)
+    assert macro_auc(y3, probs) == pytest.approx(roc_auc_score(y3, probs, multi_class="ovr"), abs=1e-12)
+
+
+def test_bootstrap_ci_of_perfect_separation_is_one():
+    y = np.array([0] * 30 + [1] * 20)
+    score = np.where(y == 1, 0.9, 0.1) + np.linspace(0, 0.05, 50)
+    assert bootstrap_ci(y, score, roc_auc, n_boot=200, seed=0) == (1.0, 1.0, 1.0)
+
+
+def test_bootstrap_accuracy_ci_matches_wilson_interval():
+    rng = np.random.default_rng(1)
+    n = 2000
+    y = rng.integers(0, 2, n)
+    correct = rng.random(n) < 0.8  # independent of the class, so stratification changes nothing
+    score = np.where(correct == (y == 1), 0.9, 0.1)
+    acc, low, high = bootstrap_ci(y, score, lambda t, s: np.mean((s >= 0.5) == (t == 1)), n_boot=1000, seed=0)
+    assert acc == correct.mean()
+    z = norm.ppf(0.975)
+    centre = (acc + z ** 2 / (2 * n)) / (1 + z ** 2 / n)
+    half = z / (1 + z ** 2 / n) * np.sqrt(acc * (1 - acc) / n + z ** 2 / (4 * n ** 2))
+    assert low == pytest.approx(centre - half, abs=0.004)
+    assert high == pytest.approx(centre + half, abs=0.004)
+
+
+def test_paired_delta_of_identical_scores_is_zero():
+    rng = np.random.default_rng(2)
+    y = rng.integers(0, 2, 200)
+    score = rng.random(200) + 0.5 * y
+    d = paired_bootstrap_delta(y, score, score.copy(), n_boot=200, seed=0)
+    assert (d["delta"], d["ci_low"], d["ci_high"], d["p_value"]) == (0.0, 0.0, 0.0, 1.0)
+
+
+def test_paired_delta_detects_a_better_classifier():
+    rng = np.random.default_rng(3)
+    y = rng.integers(0, 2, 400)
+    noise = rng.normal(size=400)
+    weak, strong = noise + 0.3 * y, noise + 1.5 * y
+    d = paired_bootstrap_delta(y, weak, strong, n_boot=500, seed=0)
+    assert d["delta"] == pytest.approx(roc_auc_score(y, strong) - roc_auc_score(y, weak))
+    assert 0 < d["ci_low"] < d["delta"] < d["ci_high"] and d["p_value"] < 0.01
+
+
+def test_score_metrics_at_a_threshold():
+    y = np.array([1, 1, 1, 1, 0, 0, 0, 0, 0, 0])
+    s = np.array([0.9, 0.8, 0.6, 0.2, 0.7, 0.3, 0.3, 0.1, 0.1, 0.0])
+    m = score_metrics(y, s, threshold=0.5, n_boot=50)
+    assert (m["sensitivity"], m["specificity"], m["accuracy"]) == (0.75, 5 / 6, 0.8)
+    assert m["auc"] == pytest.approx(roc_auc_score(y, s))
+    assert all(type(v) in (float, int) for v in m.values())
+    assert m["sensitivity_ci_low"] <= m["sensitivity"] <= m["sensitivity_ci_high"]
+    assert youden_threshold(y, s) == 0.6  # sens 3/4, spec 1: J = 0.75, the best cut
+
+
+# ------------------------------------------------------------------------------------ training
+
+
+def test_training_is_deterministic_and_restores_the_best_epoch():
+    x, y = _blobs(64, seed=0)
+    vx, vy = _blobs(32, seed=1)
+    cfg = apply_overrides(SMOKE, image_size=16, epochs=4)
+    (m1, h1), (m2, h2) = (train_classifier(cfg, x, y, vx, vy, progress=False) for _ in range(2))
+    strip = [{k: v for k, v in row.items() if k != "seconds"} for row in h1["epochs"]]
+    assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in h2["epochs"]]
+    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    p = predict_scores(m1, vx)
+    best_loss = -np.mean(np.log(np.where(vy.numpy() == 1, p, 1 - p)))
+    assert best_loss == pytest.approx(h1["best_val_loss"], rel=1e-5)
+    assert h1["best_val_auc"] == max(row["val_auc"] for row in h1["epochs"])
+
+
+def test_early_stopping_waits_patience_epochs():
+    x, _ = _blobs(64, seed=0)
+    y = torch.randint(0, 2, (64,), generator=torch.Generator().manual_seed(0))  # nothing to learn
+    cfg = apply_overrides(SMOKE, image_size=16, epochs=12, patience=2, monitor="loss", lr=0.01)
+    _, history = train_classifier(cfg, x, y, x[:32], y[:32], progress=False)
+    assert history["stopped_early"]
+    assert len(history["epochs"]) == history["best_epoch"] + 2
+
+
+def test_evaluate_uses_the_validation_threshold():
+    x, y = _blobs(96, seed=0)
+    cfg = apply_overrides(SMOKE, image_size=16, epochs=3)
+    model, history = train_classifier(cfg, x[:64], y[:64], x[64:], y[64:], progress=False)
+    result = evaluate_classifier(model, *_blobs(64, seed=2), n_boot=50)
+    assert result["threshold_rule"] == "youden (validation)" == history["threshold_rule"]
+    assert result["threshold"] == model.threshold == history["threshold"]
+    assert result["auc"] > 0.9
+    fixed = evaluate_classifier(model, *_blobs(64, seed=2), threshold=0.5, n_boot=0)
+    assert fixed["threshold_rule"] == "fixed 0.5" and "auc_ci_low" not in fixed
+
+
+def test_multiclass_training_and_metrics():
+    x, y = _blobs(96, seed=0, classes=3)
+    cfg = dataclasses.replace(SMOKE, image_size=16, epochs=3)
+    model, _ = train_classifier(cfg, x[:72], y[:72], x[72:], y[72:], progress=False)
+    result = evaluate_classifier(model, x[72:], y[72:], n_boot=20)
+    assert model.num_classes == 3 and "sensitivity" not in result and "threshold_rule" not in result
+    assert result["auc_ci_low"] <= result["auc"] <= result["auc_ci_high"]
+    assert predict_scores(model, x[:5]).shape == (5, 3)

@@ -1,0 +1,297 @@
+"""The shared training loop: config, losses, a real tiny run, run folders, bitwise resume, kill-safety."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from cxr_utils import cli, device, phantom, runs
+from cxr_utils.data import from_uint8
+from cxr_utils.errors import ConfigError, RunError
+from cxr_utils.train import PRESETS, TrainConfig, config_from_args, d_loss, g_loss, make_config, train
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """The machine is shared: one intra-op thread keeps these tiny models fast and contention-free."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(old)
+
+
+@pytest.fixture(scope="module")
+def images() -> torch.Tensor:
+    """64 phantom radiographs at 32 px (rendered at 64, 2x2-averaged), gray replicated to 3 channels."""
+    ph = phantom.generate(64, 64, seed=0)
+    return F.avg_pool2d(from_uint8(torch.from_numpy(ph.images))[:, None], 2).repeat(1, 3, 1, 1)
+
+
+def tiny(preset: str = "lungcancer-dcgan", **overrides) -> TrainConfig:
+    small = dict(image_size=32, base=8, latent_dim=16, batch_size=16, epochs=2, precision="fp32",
+                 checkpoint_every=1, n_fixed=16, grid_epochs=(1,))
+    return make_config(preset, **{**small, **overrides})
+
+
+def assert_identical(a, b, where="state"):
+    """Recursive bitwise equality of checkpoint contents (tensors, dicts, lists, plain values)."""
+    if isinstance(a, torch.Tensor):
+        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
+    elif isinstance(a, dict):
+        assert a.keys() == b.keys(), where
+        for k in a:
+            assert_identical(a[k], b[k], f"{where}.{k}")
+    elif isinstance(a, (list, tuple)):
+        assert len(a) == len(b), where
+        for i, (x, y) in enumerate(zip(a, b)):
+            assert_identical(x, y, f"{where}[{i}]")
+    else:
+        assert a == b, where
+
+
+def without_time(history):
+    return [{k: v for k, v in row.items() if k != "time_s"} for row in history]
+
+
+# ------------------------------------------------------------------------------------------- config
+
+
+def test_reference_preset_is_reference_a():
+    cfg = make_config("lungcancer-dcgan")
+    assert (cfg.image_size, cfg.channels, cfg.latent_dim, cfg.base) == (64, 3, 128, 64)
+    assert (cfg.batch_size, cfg.epochs, cfg.lr_g, cfg.lr_d, cfg.beta1, cfg.beta2) == (128, 25, 2e-4, 2e-4, 0.5, 0.999)
+    assert (cfg.loss, cfg.spectral_norm, cfg.d_batchnorm, cfg.ema_kimg, cfg.augment) == ("bce", False, True, 0, "none")
+    assert cfg.grid_epochs == (1, 10, 25)
+    kermany = make_config("kermany-dcgan")
+    assert (kermany.batch_size, kermany.epochs) == (64, 200)
+
+
+def test_stable_preset_has_every_ingredient():
+    cfg = make_config("stable")
+    assert cfg.spectral_norm and not cfg.d_batchnorm and cfg.loss in ("hinge", "ns")
+    assert cfg.ema_kimg > 0 and cfg.lr_d > cfg.lr_g and cfg.augment == "diffaug" and cfg.augment_p > 0
+
+
+@pytest.mark.parametrize("bad", [
+    dict(bogus=1), dict(epochs="many"), dict(spectral_norm="maybe"), dict(loss="l2"), dict(image_size=48),
+    dict(loss="hinge", label_smoothing=0.1), dict(batch_size=0), dict(precision="fp16"), dict(model="vae"),
+])
+def test_bad_fields_are_config_errors(bad):
+    with pytest.raises(ConfigError):
+        make_config("lungcancer-dcgan", **bad)
+
+
+def test_unknown_preset_is_a_config_error():
+    with pytest.raises(ConfigError, match="unknown preset"):
+        make_config("biggan")
+
+
+def test_cli_flags_and_python_overrides_give_the_same_config(tmp_path):
+    argv = ["train", "--preset", "stable", "--out", str(tmp_path / "run"), "--epochs", "3",
+            "--spectral-norm", "false", "--classes", "a,b", "--kimg", "1.5", "--channels-last", "true",
+            "--lr-d", "3e-4"]
+    args = cli.build_parser(argv).parse_args(argv)
+    from_cli = config_from_args(args)
+    from_python = make_config("stable", epochs=3, spectral_norm=False, classes=["a", "b"], kimg=1.5,
+                              channels_last=True, lr_d=3e-4)
+    assert from_cli == from_python
+    assert from_cli.epochs == 3 and from_cli.classes == ("a", "b") and from_cli.channels_last is True
+
+
+def test_device_choices():
+    cpu = torch.device("cpu")
+    assert device.resolve_precision("fp32", cpu) is None
+    assert device.resolve_precision("bf16", cpu) is torch.bfloat16
+    assert device.resolve_precision("auto", cpu) is (torch.bfloat16 if device.cpu_has_native_bf16() else None)
+    assert device.resolve_channels_last("auto", cpu, None) is False
+    assert device.resolve_channels_last("auto", cpu, torch.bfloat16) is True
+    assert device.pick_device("cpu") == cpu
+    with pytest.raises(ConfigError):
+        device.resolve_precision("fp8", cpu)
+
+
+# ------------------------------------------------------------------------------------------- losses
+
+
+def test_losses_against_hand_formulas():
+    real = torch.tensor([2.0, -0.5, 0.3])
+    fake = torch.tensor([-1.0, 0.7])
+    sig = torch.sigmoid
+    bce_d = -torch.log(sig(real)).mean() - torch.log(1 - sig(fake)).mean()
+    assert torch.allclose(d_loss("bce", real, fake), bce_d)
+    assert torch.allclose(d_loss("ns", real, fake), bce_d)  # same loss, softplus form
+    assert torch.allclose(g_loss("bce", fake), -torch.log(sig(fake)).mean())
+    assert torch.allclose(g_loss("ns", fake), -torch.log(sig(fake)).mean())
+    smoothed = -(0.9 * torch.log(sig(real)) + 0.1 * torch.log(1 - sig(real))).mean() - torch.log(1 - sig(fake)).mean()
+    assert torch.allclose(d_loss("bce", real, fake, smoothing=0.1), smoothed)
+    # hinge: mean(relu(1 - r)) + mean(relu(1 + f)); r -> (0, 1.5, 0.7), f -> (0, 1.7)
+    assert torch.allclose(d_loss("hinge", real, fake), torch.tensor(2.2 / 3 + 1.7 / 2))
+    assert torch.allclose(g_loss("hinge", fake), torch.tensor(0.15))
+
+
+# ------------------------------------------------------------------------------------ a tiny real run
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, images):
+    """4 epochs of the reference recipe (scaled down) on 64 phantom images; budget given in kimg."""
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    run_dir = tmp_path_factory.mktemp("runs") / "tiny"
+    cfg = tiny(kimg=0.256, epochs=1, base=16, latent_dim=32, grid_epochs=(1, 4), checkpoint_every=2)
+    yield train(cfg, run_dir, images=images, progress=False)
+    torch.set_num_threads(old)
+
+
+def test_discriminator_scores_move_apart_and_samples_change(tiny_run):
+    h = tiny_run.history
+    assert len(h) == 16 and tiny_run.epochs == 4  # 0.256 kimg = 256 images = 4 epochs of 64
+    first_gap = h[0]["D_x"] - h[0]["D_G_z1"]
+    last = h[-4:]
+    d_x = np.mean([r["D_x"] for r in last])
+    d_g = np.mean([r["D_G_z1"] for r in last])
+    assert abs(first_gap) < 0.1 and d_x > 0.75 and d_g < 0.45 and d_x - d_g > 0.3
+    a, b = (np.asarray(Image.open(tiny_run.run_dir / "samples" / f"epoch_00{e}.png"), float) for e in (1, 4))
+    assert np.abs(a - b).mean() > 1.0  # grey levels
+
+
+def test_run_folder_has_history_and_figures(tiny_run):
+    run = tiny_run.run_dir
+    for name in ["training_options.json", "stats.jsonl", "history.csv", "losses.png", "scores.png",
+                 "progress.gif", "training-state.pt", "network-final.pt", "network-snapshot.pt"]:
+        assert (run / name).is_file(), name
+    assert sorted(p.name for p in (run / "samples").iterdir()) == [f"epoch_00{e}.png" for e in range(1, 5)]
+    rows = [json.loads(line) for line in (run / "stats.jsonl").read_text().splitlines()]
+    assert [r["iteration"] for r in rows] == list(range(1, 17))
+    assert [r["epoch"] for r in rows] == [e for e in range(1, 5) for _ in range(4)]
+    assert rows[-1]["kimg"] == pytest.approx(0.256)
+    assert {"loss_D", "loss_G", "D_x", "D_G_z1", "D_G_z2", "time_s"} <= rows[0].keys()
+    csv_lines = (run / "history.csv").read_text().splitlines()
+    assert len(csv_lines) == 17 and csv_lines[0].startswith("iteration,epoch,kimg")
+    assert Image.open(run / "progress.gif").n_frames == 4
+    saved = json.loads((run / "training_options.json").read_text())
+    assert saved["kimg"] == 0.256 and saved["base"] == 16
+
+
+def test_run_folder_is_not_overwritten_by_accident(tmp_path, images, capsys):
+    run = tmp_path / "run"
+    cfg = tiny(epochs=1)
+    train(cfg, run, images=images, progress=False)
+    with pytest.raises(RunError, match="already holds a run"):
+        train(cfg, run, images=images, progress=False)
+    with pytest.raises(ConfigError, match="lr_d"):
+        train(tiny(epochs=2, lr_d=1e-3), run, images=images, resume=True, progress=False)
+    with pytest.raises(ConfigError):
+        train(cfg, run, images=images, resume=True, overwrite=True, progress=False)
+    with pytest.raises(RunError, match="nothing to resume"):
+        train(cfg, tmp_path / "other", images=images, resume=True, progress=False)
+    (run / "marker").write_text("old")
+    train(cfg, run, images=images, overwrite=True, progress=False)
+    assert "deleting the previous run" in capsys.readouterr().out and not (run / "marker").exists()
+
+
+def test_resume_refuses_different_images(tmp_path, images):
+    run = tmp_path / "run"
+    train(tiny(epochs=1), run, images=images, progress=False)
+    with pytest.raises(RunError, match="images differ"):
+        train(tiny(epochs=2), run, images=images.flip(0), resume=True, progress=False)
+
+
+# ------------------------------------------------------------------------------------- bitwise resume
+
+
+@pytest.mark.parametrize("variant", [
+    dict(),  # the reference recipe
+    dict(preset="stable", precision="bf16", ema_kimg=0.05, augment_p=0.5, n_dis=2),
+], ids=["reference", "stable-bf16-ema-augment-ndis2"])
+def test_resume_is_bit_identical(tmp_path, images, variant):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(tiny(epochs=2, **variant), straight, images=images, progress=False)
+    train(tiny(epochs=1, **variant), split, images=images, progress=False)
+    result = train(tiny(epochs=2, **variant), split, images=images, resume=True, progress=False)
+    a = torch.load(straight / "training-state.pt", weights_only=True)
+    b = torch.load(split / "training-state.pt", weights_only=True)
+    for key in ("steps", "G_ema", "augment", "rng", "order", "history_len", "config"):
+        assert_identical(a[key], b[key], key)
+    a["counters"].pop("seconds"), b["counters"].pop("seconds")
+    assert a["counters"] == b["counters"] == {"epoch": 2, "iteration": 8, "images": 128}
+    h_straight = [json.loads(x) for x in (straight / "stats.jsonl").read_text().splitlines()]
+    h_split = [json.loads(x) for x in (split / "stats.jsonl").read_text().splitlines()]
+    assert without_time(h_split) == without_time(h_straight) == without_time(result.history)
+    assert (straight / "samples/epoch_002.png").read_bytes() == (split / "samples/epoch_002.png").read_bytes()
+
+
+# ------------------------------------------------------------------------------------------ kill -9
+
+KILL_SCRIPT = """
+import sys, torch
+torch.set_num_threads(1)
+from cxr_utils.train import make_config, train
+cfg = make_config("lungcancer-dcgan", image_size=16, base=4, latent_dim=8, batch_size=8, epochs=100000,
+                  checkpoint_every=1, sample_every=100000, grid_epochs=(), n_fixed=4, precision="fp32")
+x = torch.linspace(-1, 1, 16 * 3 * 16 * 16).reshape(16, 3, 16, 16)
+train(cfg, sys.argv[1], images=x, resume=sys.argv[2] == "1", progress=False)
+"""
+
+
+def test_sigkill_never_corrupts_the_checkpoint(tmp_path):
+    """Training that checkpoints every epoch (2 iterations) is killed at random moments; each time the
+    checkpoint loads, resuming works, and the history has no gaps or duplicates."""
+    run, rng = tmp_path / "run", random.Random(0)
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    last_iteration = 0
+    for round_ in range(3):
+        proc = subprocess.Popen([sys.executable, "-c", KILL_SCRIPT, str(run), str(int(round_ > 0))], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        state = run / "training-state.pt"
+        before = state.stat().st_mtime_ns if state.exists() else None
+        deadline = time.monotonic() + 120
+        while (not state.exists() or state.stat().st_mtime_ns == before) and proc.poll() is None:
+            assert time.monotonic() < deadline  # wait for this process's first checkpoint
+            time.sleep(0.02)
+        time.sleep(rng.uniform(0.05, 0.6))
+        assert proc.poll() is None, proc.stderr.read().decode()
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+        ckpt = torch.load(state, weights_only=True)  # must never be torn
+        torch.load(run / "network-snapshot.pt", weights_only=True)
+        assert ckpt["counters"]["iteration"] >= last_iteration
+        last_iteration = ckpt["counters"]["iteration"]
+        rows = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines()[: ckpt["history_len"]]]
+        assert [r["iteration"] for r in rows] == list(range(1, last_iteration + 1))
+    assert last_iteration > 2
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def test_train_cli_runs_refuses_and_resumes(tmp_path, monkeypatch, capsys):
+    """`python -m cxr_utils train` on a folder source; a second call refuses, --resume extends it."""
+    monkeypatch.chdir(tmp_path)  # relative paths (results/, data/cache) land in tmp_path
+    rng = np.random.default_rng(0)
+    (tmp_path / "xrays" / "normal").mkdir(parents=True)
+    for i in range(32):
+        Image.fromarray(rng.integers(0, 256, (40, 40), dtype=np.uint8)).save(tmp_path / "xrays" / "normal" / f"{i}.png")
+    argv = ["train", "--preset", "lungcancer-dcgan", "--source", "xrays", "--out", "results/cli", "--epochs", "1",
+            "--image-size", "32", "--base", "4", "--latent-dim", "8", "--batch-size", "16", "--precision", "fp32",
+            "--grid-epochs", "1", "--no-progress"]
+    assert cli.main(argv) == 0
+    run = tmp_path / "results" / "cli"
+    assert json.loads((run / "training_options.json").read_text())["source"] == "xrays"
+    assert cli.main(argv) == 2 and "already holds a run" in capsys.readouterr().err
+    assert cli.main(["train", "--out", "results/cli", "--resume", "--epochs", "2", "--no-progress"]) == 0
+    rows = (run / "stats.jsonl").read_text().splitlines()
+    assert [json.loads(r)["iteration"] for r in rows] == [1, 2, 3, 4]
+    assert json.loads((run / "training_options.json").read_text())["epochs"] == 2
