@@ -58,6 +58,7 @@ DEFAULT_STRENGTHS: dict[str, float] = dict(
 )
 
 _LUMA = torch.tensor([1.0, 1.0, 1.0]) / math.sqrt(3.0)  # the ADA paper's luma axis
+_LUMA_CROSS = torch.tensor([[0.0, -1.0, 1.0], [1.0, 0.0, -1.0], [-1.0, 1.0, 0.0]]) / math.sqrt(3.0)  # [v]x
 
 
 # ---------------------------------------------------------------------------------- matrix helpers
@@ -183,6 +184,10 @@ class AdaptiveAugment(nn.Module):
         """Per-sample Bernoulli(prob) as 0/1 floats: which samples get an operation."""
         return (torch.rand(n, device=device) < prob).float()
 
+    def _gaussian(self, n: int, std: float, prob: float, device: torch.device) -> Tensor:
+        """N(0, std^2) for the chosen samples, 0 for the others (2^0 = 1 for the log-normal ops)."""
+        return torch.randn(n, device=device) * std * self._chosen(n, prob, device)
+
     def _rotation(self, n: int, prob: float, device: torch.device) -> Tensor:
         angle = (torch.rand(n, device=device) * 2 - 1) * math.pi * self.strength["rotate_max"]
         angle = angle * self._chosen(n, prob, device)
@@ -210,13 +215,13 @@ class AdaptiveAugment(nn.Module):
             t = torch.round(t * size) * 2 / size  # whole pixels, in normalised units
             m = m @ _translate2d(t[:, 0], t[:, 1])
         if "scale" in ops:
-            sc = torch.exp2(torch.randn(n, device=device) * s["scale_std"] * self._chosen(n, p, device))
+            sc = torch.exp2(self._gaussian(n, s["scale_std"], p, device))
             m = m @ _scale2d(sc, sc)
         p_rot = 1 - math.sqrt(1 - p)
         if "rotate" in ops:
             m = m @ self._rotation(n, p_rot, device)
         if "aniso" in ops:
-            sc = torch.exp2(torch.randn(n, device=device) * s["aniso_std"] * self._chosen(n, p, device))
+            sc = torch.exp2(self._gaussian(n, s["aniso_std"], p, device))
             m = m @ _scale2d(sc, 1 / sc)
         if "rotate" in ops:
             m = m @ self._rotation(n, p_rot, device)
@@ -229,9 +234,8 @@ class AdaptiveAugment(nn.Module):
         n, c = x.shape[:2]
         ops, s, dev = self.ops, self.strength, x.device
         zero = torch.zeros(n, device=dev)
-        bright = torch.randn(n, device=dev) * s["brightness_std"] * self._chosen(n, p, dev) if "brightness" in ops else zero
-        contrast = (torch.exp2(torch.randn(n, device=dev) * s["contrast_std"] * self._chosen(n, p, dev))
-                    if "contrast" in ops else zero + 1)
+        bright = self._gaussian(n, s["brightness_std"], p, dev) if "brightness" in ops else zero
+        contrast = torch.exp2(self._gaussian(n, s["contrast_std"], p, dev) if "contrast" in ops else zero)
         flip = torch.randint(2, (n,), device=dev) * self._chosen(n, p, dev) if "lumaflip" in ops else zero
         if c != 3:
             # Intensity images: x -> (x + b) * contrast, then inverted where the luma flip hit.
@@ -245,11 +249,11 @@ class AdaptiveAugment(nn.Module):
         m = _color_matrix(eye - 2 * vv * flip[:, None, None]) @ m
         if "hue" in ops:
             angle = (torch.rand(n, device=dev) * 2 - 1) * math.pi * s["hue_max"] * self._chosen(n, p, dev)
-            cross = torch.tensor([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]], device=dev)
             cos, sin = angle.cos()[:, None, None], angle.sin()[:, None, None]
-            m = _color_matrix(cos * eye + sin * cross + (1 - cos) * vv) @ m  # Rodrigues, about the luma axis
+            rotation = cos * eye + sin * _LUMA_CROSS.to(dev) + (1 - cos) * vv  # Rodrigues, about the luma axis
+            m = _color_matrix(rotation) @ m
         if "saturation" in ops:
-            sat = torch.exp2(torch.randn(n, device=dev) * s["saturation_std"] * self._chosen(n, p, dev))
+            sat = torch.exp2(self._gaussian(n, s["saturation_std"], p, dev))
             m = _color_matrix(vv + (eye - vv) * sat[:, None, None]) @ m
         # Element-wise sums rather than a matmul, so autocast cannot round the images to bf16.
         m = m.to(x.dtype)

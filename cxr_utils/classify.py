@@ -129,6 +129,16 @@ class CXRClassifier(nn.Module):
         self.threshold = 0.5
         self.threshold_rule = "fixed 0.5"
 
+    def get_extra_state(self) -> dict[str, Any]:
+        """Stored in ``state_dict()`` so a saved model keeps its threshold and weights label."""
+        return {"backbone": self.backbone, "num_classes": self.num_classes, "image_size": self.image_size,
+                "weights": self.weights, "threshold": self.threshold, "threshold_rule": self.threshold_rule}
+
+    def set_extra_state(self, state: dict[str, Any]) -> None:
+        self.weights = state["weights"]
+        self.threshold = state["threshold"]
+        self.threshold_rule = state["threshold_rule"]
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.shape[1] != 1:
             x = x.mean(dim=1, keepdim=True)
@@ -210,6 +220,23 @@ def build_classifier(backbone: str = "resnet50", num_classes: int = 2, image_siz
             torch.manual_seed(seed)
         net = SmallCNN(num_classes) if backbone == "smallcnn" else _resnet(backbone, num_classes, state)
     return CXRClassifier(net, backbone, num_classes, image_size, weights)
+
+
+def save_classifier(model: CXRClassifier, path: str | Path) -> None:
+    """Write the weights with everything needed to rebuild and use the model."""
+    torch.save({"meta": model.get_extra_state(), "state_dict": model.state_dict()}, Path(path))
+
+
+def load_classifier(path: str | Path, map_location: str | torch.device = "cpu") -> CXRClassifier:
+    """Rebuild a model written by :func:`save_classifier` (no ImageNet file is needed for that)."""
+    try:
+        saved = torch.load(Path(path), map_location=map_location, weights_only=True)
+    except FileNotFoundError:
+        raise DataError(f"classifier file not found: {path}") from None
+    meta = saved["meta"]
+    model = build_classifier(meta["backbone"], meta["num_classes"], meta["image_size"])
+    model.load_state_dict(saved["state_dict"])
+    return model
 
 
 # ---------------------------------------------------------------------------------- augmentation

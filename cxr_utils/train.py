@@ -412,6 +412,45 @@ class _Counters:
     seconds: float = 0.0  # training wall time, summed over sessions
 
 
+@dataclass
+class _Parts:
+    """Everything stateful the loop owns besides the history, as a checkpoint stores it."""
+
+    steps: GANSteps
+    G_ema: nn.Module | None
+    augment: nn.Module | None
+    order: torch.Generator  # the per-epoch data permutation
+    count: _Counters
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"steps": self.steps.state_dict(),
+                "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
+                "augment": self.augment.state_dict() if self.augment is not None else None,
+                "order": self.order.get_state(), "rng": _rng_state(), "counters": dataclasses.asdict(self.count)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.steps.load_state_dict(state["steps"])
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(state["G_ema"])
+        if self.augment is not None:
+            self.augment.load_state_dict(state["augment"])
+        self.order.set_state(state["order"])
+        _set_rng_state(state["rng"])
+        self.count = _Counters(**state["counters"])
+
+
+def _build(cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None, fmt: torch.memory_format) -> _Parts:
+    """Seeded models, optimisers, EMA copy and augmentation, placed on ``device``."""
+    _seed_everything(cfg.seed)
+    G = build_generator(cfg).to(device, memory_format=fmt).train()
+    D = build_discriminator(cfg).to(device, memory_format=fmt).train()
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.ema_kimg > 0 else None
+    augment = get_augment(cfg)
+    augment = augment.to(device) if augment is not None else None
+    steps = getattr(family(cfg.model), "Steps", GANSteps)(G, D, cfg, device, amp_dtype, augment)
+    return _Parts(steps, G_ema, augment, torch.Generator().manual_seed(cfg.seed), _Counters())
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = None, resume: bool = False,
           overwrite: bool = False, progress: bool = True) -> RunResult:
     """Train ``cfg.model`` into the run folder ``out_dir`` (see the module docstring)."""
@@ -421,58 +460,32 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
     device = dev.pick_device(cfg.device)
     amp_dtype = dev.resolve_precision(cfg.precision, device)
     channels_last = dev.resolve_channels_last(cfg.channels_last, device, amp_dtype)
-    dev.enable_fast_math(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
+    dev.enable_fast_math(device)
     data = training_images(cfg, images, progress)
     fingerprint = _fingerprint(data)
     per_epoch = len(data) // cfg.batch_size
     epochs = math.ceil(cfg.kimg * 1000 / (per_epoch * cfg.batch_size)) if cfg.kimg else cfg.epochs
-
-    _seed_everything(cfg.seed)
-    G = build_generator(cfg).to(device, memory_format=fmt).train()
-    D = build_discriminator(cfg).to(device, memory_format=fmt).train()
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.ema_kimg > 0 else None
-    augment = get_augment(cfg)
-    augment = augment.to(device) if augment is not None else None
-    steps = getattr(family(cfg.model), "Steps", GANSteps)(G, D, cfg, device, amp_dtype, augment)
-    order = torch.Generator().manual_seed(cfg.seed)
-    fixed_z = torch.randn(cfg.n_fixed, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
-    fixed_z = fixed_z.to(device)
-    count, history = _Counters(), []
+    parts = _build(cfg, device, amp_dtype, fmt)
+    steps, G, G_ema, augment, count = parts.steps, parts.steps.G, parts.G_ema, parts.augment, parts.count
+    history: list[dict[str, Any]] = []
     if resume:
         state = torch.load(run_dir / runs.STATE, map_location=device, weights_only=True)
         if state["data"] != fingerprint:
             raise RunError(f"cannot resume {run_dir}: the training images differ from the saved run's")
-        steps.load_state_dict(state["steps"])
-        if G_ema is not None:
-            G_ema.load_state_dict(state["G_ema"])
-        if augment is not None:
-            augment.load_state_dict(state["augment"])
-        order.set_state(state["order"])
-        _set_rng_state(state["rng"])
-        count = _Counters(**state["counters"])
-        history = read_history(run_dir, state["history_len"])
+        parts.load_state_dict(state)
+        count, history = parts.count, read_history(run_dir, state["history_len"])
         _write_history(run_dir, history)
     C.save_json(cfg, run_dir / runs.OPTIONS)
     print(f"training {cfg.model} on {len(data)} images, {per_epoch} iterations/epoch, epochs "
           f"{count.epoch + 1}..{epochs} -> {run_dir}\n  {dev.describe(device, amp_dtype, channels_last)}")
-
-    def checkpoint() -> None:
-        state = {"steps": steps.state_dict(), "G_ema": G_ema.state_dict() if G_ema is not None else None,
-                 "augment": augment.state_dict() if augment is not None else None,
-                 "order": order.get_state(), "rng": _rng_state(), "counters": dataclasses.asdict(count),
-                 "history_len": len(history), "data": fingerprint, "config": C.to_dict(cfg)}
-        runs.atomic_save(state, run_dir / runs.STATE)
-        runs.atomic_save(runs.network_payload(cfg, G, G_ema, count.images / 1000, count.epoch),
-                         run_dir / runs.NETWORK_SNAPSHOT)
-        _write_csv(run_dir, history)
-
-    data, beta = data.to(device), ema_beta(cfg)
+    fixed_z = torch.randn(cfg.n_fixed, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
+    fixed_z, data, beta = fixed_z.to(device), data.to(device), ema_beta(cfg)
     bar = tqdm(total=epochs * per_epoch, initial=count.iteration, disable=not progress, unit="it")
     start = time.perf_counter() - count.seconds
     with open(run_dir / runs.STATS, "a") as stats_file:
         for epoch in range(count.epoch + 1, epochs + 1):
-            perm = torch.randperm(len(data), generator=order).to(device)
+            perm = torch.randperm(len(data), generator=parts.order).to(device)
             pending = []
             for batch in perm[: per_epoch * cfg.batch_size].view(per_epoch, cfg.batch_size):
                 stats = steps.d_step(data[batch].contiguous(memory_format=fmt))
@@ -501,9 +514,19 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
                            run_dir / runs.SAMPLES / f"epoch_{epoch:03d}.png")
             if epoch % cfg.checkpoint_every == 0 or epoch == epochs:
                 os.fsync(stats_file.fileno())  # the rows a checkpoint counts must outlive a crash
-                checkpoint()
+                _checkpoint(run_dir, cfg, parts, len(history), fingerprint)
+                _write_csv(run_dir, history)
     bar.close()
     return _finish(run_dir, cfg, G_ema if G_ema is not None else G, history, count)
+
+
+def _checkpoint(run_dir: Path, cfg: TrainConfig, parts: _Parts, history_len: int, fingerprint: str) -> None:
+    """The resumable state, then the inference weights; each file replaced atomically."""
+    state = {**parts.state_dict(), "history_len": history_len, "data": fingerprint, "config": C.to_dict(cfg)}
+    runs.atomic_save(state, run_dir / runs.STATE)
+    kimg = parts.count.images / 1000
+    payload = runs.network_payload(cfg, parts.steps.G, parts.G_ema, kimg, parts.count.epoch)
+    runs.atomic_save(payload, run_dir / runs.NETWORK_SNAPSHOT)
 
 
 _STAT_KEYS = ("loss_D", "loss_G", "D_x", "D_G_z1", "D_G_z2")

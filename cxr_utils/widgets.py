@@ -100,7 +100,7 @@ class LatentSpace:
 
 
 def _per_layer(space: LatentSpace, codes: torch.Tensor) -> torch.Tensor:
-    """(N, dim) -> (N, num_layers, dim), one copy of w per synthesis layer; per-layer codes pass as they are."""
+    """(N, dim) -> (N, num_layers, dim), one w per synthesis layer; per-layer codes pass unchanged."""
     return codes if codes.dim() == 3 else codes[:, None].expand(-1, space.num_layers, -1)
 
 
@@ -182,9 +182,11 @@ def slerp(z0: torch.Tensor, z1: torch.Tensor, t: float | Sequence[float] | torch
 class Directions(NamedTuple):
     """Principal directions of a latent space.
 
-    ``mean``: centre of the sampled codes (dim,). ``components``: (k, dim), each scaled so that a step of
-    1.0 moves one standard deviation of the codes along it. ``explained_variance``: (k,), the fraction of
-    the total variance each direction explains, in the space the PCA was run in (images for z, W for w).
+    - ``mean`` (dim,): centre of the codes, 0 for z, the sample mean for w.
+    - ``components`` (k, dim): each scaled so that a step of 1.0 moves one standard deviation of the
+      codes along it.
+    - ``explained_variance`` (k,): the fraction of the total variance each direction explains, in the
+      space the PCA ran in (generated images for z, W itself for w).
     """
 
     mean: torch.Tensor
@@ -369,7 +371,7 @@ def figure_direction_walk(walk: np.ndarray, alphas: Sequence[float], directions:
     ax.set_xticks([(w + 2) * j + w / 2 for j in range(a)], [f"{x:+.1f}" for x in alphas])
     ratio = directions.explained_variance
     ax.set_yticks([(h + 2) * i + h / 2 for i in range(k)],
-                  [f"PC{i + 1} ({100 * float(ratio[i]):.0f}%)" for i in range(k)])
+                  [f"PC{i + 1} ({100 * float(ratio[i]):.1f}%)" for i in range(k)])
     ax.set_xlabel("step along the direction (standard deviations)")
     ax.tick_params(length=0)
     for spine in ax.spines.values():
@@ -398,7 +400,9 @@ class LatentExplorer:
         import ipywidgets as W
 
         self.space = latent_space(G)
-        self.directions = directions if directions is not None else latent_directions(self.space, n_samples, k=n_components)
+        if directions is None:
+            directions = latent_directions(self.space, n_samples, k=n_components)
+        self.directions = directions
         self.strip_steps = strip_steps
         self._quiet = False
         self.display_size = display_size
@@ -408,7 +412,7 @@ class LatentExplorer:
         ratio = self.directions.explained_variance
         self.sliders = [
             W.FloatSlider(value=0.0, min=-span, max=span, step=0.1, readout_format="+.1f",
-                          description=f"PC{i + 1} ({100 * float(r):.0f}%)", **slider)
+                          description=f"PC{i + 1} ({100 * float(r):.1f}%)", **slider)
             for i, r in enumerate(ratio)
         ]
         self.reset_button = W.Button(description="reset directions")
@@ -416,9 +420,10 @@ class LatentExplorer:
         self.truncation = self.mix_seed = self.crossover = None
         if self.space.kind == "w":
             n = self.space.num_layers
-            self.truncation = W.FloatSlider(value=1.0, min=0.0, max=1.5, step=0.05, description="truncation psi",
-                                            **slider)
-            self.mix_seed = W.IntSlider(value=seed_b, min=0, max=max_seed, description="mixing seed", **slider)
+            self.truncation = W.FloatSlider(value=1.0, min=0.0, max=1.5, step=0.05,
+                                            description="truncation psi", **slider)
+            self.mix_seed = W.IntSlider(value=seed_b, min=0, max=max_seed, description="mixing seed",
+                                        **slider)
             self.crossover = W.IntSlider(value=n, min=0, max=n, description=f"fine layers from (of {n})",
                                          **slider)
             controls += [self.truncation, self.mix_seed, self.crossover]
@@ -469,6 +474,7 @@ class LatentExplorer:
         return render(self.space, self.code(), mix=mix, crossover=self.crossover.value)
 
     def current_strip(self) -> np.ndarray:
+        """The interpolation strip from the seed to the strip's second seed, at the current truncation."""
         return interpolation_strip(self.space, self.seed.value, self.seed_b.value, self.strip_steps,
                                    truncation_psi=self._psi())
 

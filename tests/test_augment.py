@@ -90,6 +90,8 @@ def test_hue_and_saturation_leave_gray_rgb_gray_and_change_colour():
         assert not torch.allclose(y, colour, atol=1e-3)
         # Both keep the mean over channels (the luma axis): they act orthogonally to it.
         torch.testing.assert_close(y.mean(1), colour.mean(1), atol=1e-5, rtol=0)
+    y = _only("hue")(colour)  # a rotation: the length of each RGB vector is kept too
+    torch.testing.assert_close(y.norm(dim=1), colour.norm(dim=1), atol=1e-5, rtol=0)
 
 
 def test_ops_apply_per_sample_with_probability_p():

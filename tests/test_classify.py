@@ -9,9 +9,9 @@ from scipy.stats import norm
 from sklearn.metrics import roc_auc_score
 
 from cxr_utils.classify import (ClassifierConfig, CLASSIFIER_PRESETS, bootstrap_ci, build_classifier,
-                                classic_augment, evaluate_classifier, macro_auc, paired_bootstrap_delta,
-                                predict_scores, roc_auc, score_metrics, train_classifier,
-                                youden_threshold)
+                                classic_augment, evaluate_classifier, load_classifier, macro_auc,
+                                paired_bootstrap_delta, predict_scores, roc_auc, save_classifier,
+                                score_metrics, train_classifier, youden_threshold)
 from cxr_utils.config import apply_overrides, from_preset
 from cxr_utils.errors import ConfigError
 
@@ -230,3 +230,14 @@ def test_multiclass_training_and_metrics():
     assert model.num_classes == 3 and "sensitivity" not in result and "threshold_rule" not in result
     assert result["auc_ci_low"] <= result["auc"] <= result["auc_ci_high"]
     assert predict_scores(model, x[:5]).shape == (5, 3)
+
+
+def test_saved_model_keeps_threshold_and_weights_label(tmp_path):
+    x, y = _blobs(64, seed=0)
+    model, _ = train_classifier(apply_overrides(SMOKE, image_size=16, epochs=2), x[:48], y[:48], x[48:], y[48:],
+                                progress=False)
+    save_classifier(model, tmp_path / "clf.pt")
+    again = load_classifier(tmp_path / "clf.pt")
+    assert (again.threshold, again.threshold_rule, again.weights) == (model.threshold, model.threshold_rule,
+                                                                      "scratch")
+    assert np.array_equal(predict_scores(again, x), predict_scores(model, x))

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 # ---------------------------------------------------------------------------------------------
-# helpers that write small test images
+# small test images, written by the tests
 
 
 def _png(path: Path, array: np.ndarray, mode: str | None = None) -> Path:

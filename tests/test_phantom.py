@@ -108,7 +108,7 @@ def test_nodules_only_on_nodule_images_and_inside_lungs(set64):
         assert (1 <= len(nods) <= 3) if label == 1 else nods == []
         for cy, cx, r in nods:
             assert lung[int(round(cy)), int(round(cx))]
-            assert 0.02 * size <= r <= 0.05 * size
+            assert 0.025 * size <= r <= 0.055 * size
 
 
 def test_nodule_image_differs_from_its_normal_counterpart_only_at_nodules(pair64):
@@ -125,7 +125,7 @@ def test_nodule_image_differs_from_its_normal_counterpart_only_at_nodules(pair64
         for cy, cx, r in nods:
             disc = np.hypot(yy - cy, xx - cx) <= r
             assert diff[disc].mean() > 3  # brighter where the nodule is
-            near |= np.hypot(yy - cy, xx - cx) <= r + 2  # + blur
+            near |= np.hypot(yy - cy, xx - cx) <= r + 3  # the blur spreads it by up to ~2 px
         assert not diff[~near].any()
 
 
@@ -145,7 +145,7 @@ def test_nodules_brighter_than_surrounding_lung(pair64):
 
 
 def test_nodules_vary_in_size():
-    s = phantom.generate(32, size=128, seed=5)
+    s = phantom.generate(16, size=128, seed=5)
     radii = [r for nods in s.nodules for _, _, r in nods]
     assert max(radii) > 1.5 * min(radii)
 

@@ -15,10 +15,10 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from cxr_utils import cli, device, phantom, runs
+from cxr_utils import cli, device, phantom
 from cxr_utils.data import from_uint8
 from cxr_utils.errors import ConfigError, RunError
-from cxr_utils.train import PRESETS, TrainConfig, config_from_args, d_loss, g_loss, make_config, train
+from cxr_utils.train import TrainConfig, config_from_args, d_loss, g_loss, make_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -348,3 +348,23 @@ def test_explorer_for_run_loads_the_saved_generator(tmp_path):
     ex = wd.explorer_for_run(tmp_path, n_components=2, n_samples=32, out_dir=tmp_path / "x")
     assert ex.space.kind == "z" and len(ex.sliders) == 2
     assert np.array_equal(_png(ex.image)[::16, ::16], wd.render(G, wd.seed_code(G, 0)))
+
+
+def test_real_stylegan2_generator_explores_w_space(tmp_path):
+    sg2 = pytest.importorskip("cxr_utils.models.stylegan2")
+    torch.manual_seed(0)
+    G = sg2.Generator(z_dim=8, w_dim=8, image_size=16, channels=1, mapping_layers=1, channel_base=64,
+                      channel_max=8)
+    space = wd.latent_space(G)
+    assert space.kind == "w" and space.num_layers == G.num_ws
+    a, b = wd.seed_code(G, 0), wd.seed_code(G, 1)
+    z = torch.randn(1, 8, generator=torch.Generator().manual_seed(0))
+    G.eval()
+    with torch.no_grad():
+        direct = G.synthesis(G.mapping(z), noise_mode="const")
+    assert np.array_equal(wd.render(G, a), ((direct[0, 0] + 1) * 127.5).round().clamp(0, 255).byte().numpy())
+    assert not np.array_equal(wd.render(G, a, mix=b, crossover=2), wd.render(G, a))
+    ex = wd.LatentExplorer(G, n_components=2, n_samples=32, out_dir=tmp_path)
+    before = bytes(ex.image.value)
+    ex.crossover.value = 1
+    assert bytes(ex.image.value) != before

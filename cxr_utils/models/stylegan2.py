@@ -52,7 +52,7 @@ import contextlib
 import copy
 import dataclasses
 import math
-from typing import Any, Iterator, Literal, Mapping
+from typing import Any, Iterable, Iterator, Literal, Mapping
 
 import torch
 import torch.nn.functional as F
@@ -550,7 +550,7 @@ def path_length_penalty(img: Tensor, ws: Tensor, pl_mean: Tensor, decay: float =
     return (lengths - new_mean).square(), new_mean
 
 
-def lazy_adam(params: Iterator[nn.Parameter], lr: float, betas: tuple[float, float],
+def lazy_adam(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float],
               reg_interval: int | None) -> torch.optim.Adam:
     """Adam with the lazy-regularisation correction: a regulariser run as a separate step every
     ``reg_interval`` minibatches adds steps, so lr and betas are scaled by interval / (interval + 1)."""
@@ -643,6 +643,7 @@ class StyleGAN2Steps:
         """D main step on a real batch and as many fakes (+ the lazy R1 step when due)."""
         n = real.shape[0]
         real = real.to(self.device)
+        labels = None if labels is None else labels.to(self.device)
         stats: dict[str, Tensor] = {}
         with torch.no_grad(), self._autocast():
             fake, _ = self._generate(n, labels)
@@ -674,7 +675,9 @@ class StyleGAN2Steps:
         return penalty.detach().mean()
 
     def g_step(self, batch_size: int, step_idx: int, labels: Tensor | None = None) -> dict[str, Tensor]:
-        """G main step on ``batch_size`` fakes (+ the lazy path-length step when due)."""
+        """G main step on ``batch_size`` fakes (+ the lazy path-length step when due); ``labels`` are
+        the classes to generate (conditional models only)."""
+        labels = None if labels is None else labels.to(self.device)
         with _frozen(self.D):
             with self._autocast():
                 fake, _ = self._generate(batch_size, labels, update_w_avg=True)

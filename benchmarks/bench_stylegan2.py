@@ -1,0 +1,86 @@
+"""StyleGAN2-ADA training speed: images/s and kimg/hour of full iterations (D step + G step).
+
+Usage: python benchmarks/bench_stylegan2.py [--preset cpu-small] [--size 64] [--iters 16] [--out bench.json]
+
+For each modulated-convolution form ("activation", "grouped") and precision (fp32, bf16 autocast) it
+builds the preset's networks, runs ``--warmup`` iterations, then times ``--iters`` iterations of
+``d_step`` + ``g_step`` + ``ema_update`` on random reals with the augmentation at p = 0.3. With the default
+16 iterations the lazy R1 step (every 16 minibatches) and, when enabled, the path-length step (every 4)
+are included exactly once per interval, so the figure is the amortised cost. Data loading is excluded.
+Settings are timed in alternation (``--repeats`` rounds) and the best round is reported, which damps the
+noise of a shared machine; figures still vary run to run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from cxr_utils.models import stylegan2 as sg
+
+
+def time_iterations(steps: sg.StyleGAN2Steps, real: torch.Tensor, start: int, iters: int) -> float:
+    """Seconds for ``iters`` full iterations starting at minibatch index ``start``."""
+    t0 = time.perf_counter()
+    for i in range(start, start + iters):
+        steps.d_step(real, i)
+        steps.g_step(real.shape[0], i)
+        steps.ema_update(real.shape[0])
+    return time.perf_counter() - t0
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--preset", default="cpu-small", choices=list(sg.STYLEGAN2_PRESETS))
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--channels", type=int, default=1)
+    parser.add_argument("--batch-size", type=int, help="default: the preset's")
+    parser.add_argument("--impls", nargs="+", default=["activation", "grouped"], choices=["activation", "grouped"])
+    parser.add_argument("--precisions", nargs="+", default=["fp32", "bf16"], choices=["fp32", "bf16"])
+    parser.add_argument("--iters", type=int, default=16, help="timed iterations per round")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=2, help="alternating rounds; the best is kept")
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    parser.add_argument("--out", type=Path, help="also write the results as JSON")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    cfg = sg.resolve_preset(args.preset)
+    batch = args.batch_size or cfg["batch_size"]
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {platform.processor() or 'cpu'}, "
+          f"preset {args.preset}, {args.size} px x {args.channels} ch, batch {batch}, "
+          f"{args.iters} iterations x {args.repeats} rounds")
+    settings = [(impl, prec) for impl in args.impls for prec in args.precisions]
+    runs = {}
+    for impl, precision in settings:
+        torch.manual_seed(0)
+        steps = sg.build_training(cfg, args.size, args.channels, modconv_impl=impl, precision=precision)
+        steps.augment.p = 0.3
+        real = torch.rand(batch, args.channels, args.size, args.size) * 2 - 1
+        time_iterations(steps, real, 1, args.warmup)
+        runs[impl, precision] = (steps, real)
+    best = {s: float("inf") for s in settings}
+    for _ in range(args.repeats):
+        for s in settings:
+            steps, real = runs[s]
+            best[s] = min(best[s], time_iterations(steps, real, 0, args.iters))
+
+    print(f"{'modconv':<11} {'precision':>9} {'s/iter':>8} {'img/s':>8} {'kimg/h':>8}")
+    rows = []
+    for (impl, precision), seconds in best.items():
+        ips = batch * args.iters / seconds
+        rows.append({"modconv_impl": impl, "precision": precision, "seconds_per_iter": seconds / args.iters,
+                     "images_per_s": ips, "kimg_per_h": ips * 3.6})
+        print(f"{impl:<11} {precision:>9} {seconds / args.iters:>8.3f} {ips:>8.1f} {ips * 3.6:>8.1f}")
+    if args.out:
+        args.out.write_text(json.dumps(rows, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
