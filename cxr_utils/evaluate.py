@@ -8,14 +8,15 @@ extractors as ``{"skipped": reason}``), ``nn_pairs.png`` (the generated images c
 one, beside it) and ``nn_distances.png`` (nearest-neighbour distances against the real-to-real
 baseline).
 
-A held-out part of the real images is the yardstick: real-vs-held-out baselines show what FID/KID/SWD a
-perfect generator would score at these sample sizes, and held-out-to-training distances calibrate
-the memorisation audit.
+A held-out part of the real images is the yardstick: real-vs-held-out baselines show what real images
+themselves score (a perfect generator's score, up to sample size: FID grows as sets shrink, KID does
+not), and held-out-to-training distances calibrate the memorisation audit.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import sys
@@ -27,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics as M
-from .errors import ConfigError, DataError, RunError
+from .errors import ConfigError, DataError
 
 DEFAULT_EXTRACTORS = ("offline",)
 N_CLOSEST = 8
@@ -75,6 +76,7 @@ def _audit_summary(audit: dict, space: str, n_real: int, seed: int) -> dict:
         "baseline_nn_median": float(np.median(audit["baseline_nn_distance"])),
         "closest": [{"fake": int(i), "real": int(audit["fake_nn_index"][i]),
                      "distance": float(audit["fake_nn_distance"][i])} for i in order],
+        "real_index": "into the training images followed by the held-out images",
         "n_real": n_real, "n_fake": len(audit["fake_nn_distance"]),
         "n_holdout": len(audit["baseline_nn_distance"]), "seed": seed,
     }
@@ -127,19 +129,26 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
                 result[key][name] = {"skipped": str(exc)}
             continue
         result["extractors"][name] = {"preprocessing": ext.preprocessing}
-        f_train, f_hold, f_fake = (ext(x, progress, f"features[{name}] {what}")
-                                   for x, what in ((train, "real"), (holdout, "held-out"), (gen, "generated")))
+        with contextlib.nullcontext() if ext.multithreaded else M.single_threaded():
+            f_train, f_hold, f_fake = (ext(x, progress, f"features[{name}] {what}")
+                                       for x, what in ((train, "real"), (holdout, "held-out"), (gen, "generated")))
         result["extractors"][name]["dim"] = int(f_train.shape[1])
-        per = _feature_metrics(name, f_train, f_hold, f_fake, seed, k_precision_recall,
-                               k_density_coverage, kid_subset_size, kid_subsets)
+        with M.single_threaded():
+            per = _feature_metrics(name, f_train, f_hold, f_fake, seed, k_precision_recall,
+                                   k_density_coverage, kid_subset_size, kid_subsets)
+            audits[name] = M.memorisation_audit(f_train, f_hold, f_fake, copy_percentile)
         for key, value in per.items():
             result[key][name] = value
-        audits[name] = M.memorisation_audit(f_train, f_hold, f_fake, copy_percentile)
 
-    result["swd"] = {**M.swd(train, gen, seed=seed), "real_baseline": M.swd(train, holdout, seed=seed)["mean"],
-                     "unit": "x1e3", **_counts(n_r, n_f, seed, n_holdout=n_h)}
-    div_fake = M.msssim_diversity(gen, diversity_pairs, seed)
-    div_real = M.msssim_diversity(train, diversity_pairs, seed)
+    with M.single_threaded():
+        swd, swd_base = M.swd(train, gen, seed=seed), M.swd(train, holdout, seed=seed)
+        div_fake = M.msssim_diversity(gen, diversity_pairs, seed)
+        div_real = M.msssim_diversity(train, diversity_pairs, seed)
+        scale = 1.0 / math.sqrt(train[0].numel())  # L2 / sqrt(pixels): RMS difference in [-1, 1] units
+        pixel_audit = M.memorisation_audit(*(x.flatten(1).double().numpy() * scale for x in (train, holdout, gen)),
+                                           copy_percentile)
+    result["swd"] = {**swd, "real_baseline": swd_base["mean"], "unit": "x1e3",
+                     **_counts(n_r, n_f, seed, n_holdout=n_h)}
     result["diversity"] = {
         "generated": div_fake["mean"], "generated_std": div_fake["std"], "real": div_real["mean"],
         "real_std": div_real["std"], "n_pairs": diversity_pairs, "settings": div_fake["settings"],
@@ -148,11 +157,11 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
         "rule": f"mode_collapse when mean generated MS-SSIM > mean real MS-SSIM + {collapse_margin}",
         **_counts(n_r, n_f, seed),
     }
-    scale = 1.0 / math.sqrt(train[0].numel())  # L2 / sqrt(pixels): RMS difference in [-1, 1] units
-    audits = {"pixel": M.memorisation_audit(*(x.flatten(1).double().numpy() * scale for x in (train, holdout, gen)),
-                                            copy_percentile), **audits}
+    audits = {"pixel": pixel_audit, **audits}
     result["memorisation"] = {space: _audit_summary(a, space, n_r + n_h, seed) for space, a in audits.items()}
-    result["memorisation"]["pixel"]["distance"] = "RMS pixel difference of [-1, 1] images"
+    for space, summary in result["memorisation"].items():
+        summary["distance"] = ("RMS pixel difference of [-1, 1] images" if space == "pixel"
+                               else f"Euclidean distance between {space} feature vectors")
 
     if out_dir is not None:
         _write_outputs(Path(out_dir), result, audits, train, holdout, gen)
@@ -213,8 +222,17 @@ def format_metrics(d: dict) -> str:
     widths = [max(len(r[i]) for r in rows + [header]) for i in range(len(header) - 1)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r[:-1], widths)) + "  " + r[-1] for r in [header] + rows]
     lines.insert(1, "-" * len(lines[0]))
-    lines.append(f"seed {d['seed']}; real baseline = the same metric between training and held-out real "
-                 f"images ({d['counts']['real_holdout']} held out); MS-SSIM: {div['settings']}")
+    lines += [
+        f"seed {d['seed']}. real baseline: the same metric between training and held-out real images "
+        f"({d['counts']['real_holdout']} held out); FID grows as samples shrink, so its baseline is "
+        "pessimistic when fewer images are held out than generated (KID is unbiased).",
+        f"MS-SSIM: {div['settings']}. {div['rule']}.",
+    ]
+    if d["memorisation"]:
+        a = next(iter(d["memorisation"].values()))
+        lines.append(f"copy rate: share of generated images nearer a real image than {a['threshold_percentile']:g}% "
+                     f"of held-out images are to the training set; flagged when a one-sided binomial test "
+                     f"against {100 * a['expected_rate']:g}% gives p < {a['alpha']:g}.")
     return "\n".join(lines)
 
 

@@ -17,16 +17,18 @@ function first reduces to one channel.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from scipy import stats
+from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, CXRError
@@ -44,6 +46,22 @@ def to_gray(images: torch.Tensor) -> torch.Tensor:
     return images.mean(dim=1, keepdim=True) if images.shape[1] != 1 else images
 
 
+@contextlib.contextmanager
+def single_threaded() -> Iterator[None]:
+    """Run torch and BLAS on one thread inside the block, restoring the settings afterwards.
+
+    The metric maths is many small products: on a busy 2-core machine the offline stages for 2,000
+    vs 2,000 images took 32-38 s with 2 threads and 4-8 s with one (benchmarks/bench_metrics.py).
+    """
+    old = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with threadpool_limits(1):
+            yield
+    finally:
+        torch.set_num_threads(old)
+
+
 # --------------------------------------------------------------------------------------------------
 # feature extractors
 
@@ -56,6 +74,7 @@ class FeatureExtractor:
     preprocessing: str
     forward: Callable[[torch.Tensor], torch.Tensor]
     batch_size: int = 100
+    multithreaded: bool = False  # a deep network gains from threads; hand-crafted statistics do not
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, progress: bool = False, desc: str | None = None) -> np.ndarray:
@@ -104,8 +123,8 @@ def offline_extractor(weights: str | Path | None = None) -> FeatureExtractor:
     """Hand-crafted radiograph statistics: no weights, no download, deterministic, fast.
 
     Chosen over a fixed-seed random conv net because it ranked real-vs-real < real-vs-blurred/noised
-    < real-vs-collapsed on both the phantom and real radiographs, where the random net did not
-    separate a 1 px Gaussian blur from a fresh real sample.
+    < real-vs-collapsed on both the phantom and real radiographs, where the random net scored real
+    radiographs blurred by a 0.5-1 px Gaussian no worse than fresh real ones.
     """
     if weights is not None:
         raise ConfigError("the offline extractor has no weights to load")
@@ -164,7 +183,7 @@ def inception_extractor(weights: str | Path | None = None) -> FeatureExtractor:
         name="inception",
         preprocessing="quantised to uint8, gray replicated to 3 channels, bilinear resize to 299x299 "
                       "(TF1-compatible, as published FID); pool3 features",
-        forward=forward, batch_size=50,
+        forward=forward, batch_size=50, multithreaded=True,
     )
 
 
@@ -199,7 +218,7 @@ def xrv_extractor(weights: str | Path | None = None) -> FeatureExtractor:
     return FeatureExtractor(
         name="xrv",
         preprocessing="bilinear resize to 224x224, 1 channel, scaled to [-1024, 1024]; pooled DenseNet features",
-        forward=forward, batch_size=50,
+        forward=forward, batch_size=50, multithreaded=True,
     )
 
 
@@ -325,35 +344,40 @@ def density_coverage(real: np.ndarray, fake: np.ndarray, k: int = 5) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------
-# MS-SSIM diversity
+# separable filtering (MS-SSIM windows, Laplacian pyramid)
 
 
 @functools.lru_cache(maxsize=64)
-def _filter_matrix(n: int, taps: tuple[float, ...], reflect: bool) -> torch.Tensor:
+def _filter_matrix(n: int, taps: tuple[float, ...], reflect: bool) -> np.ndarray:
     """1-D filtering of a length-``n`` signal as a matrix: 'valid' (``n - k + 1`` outputs) or with
-    reflect padding (``n`` outputs). Images are then filtered as ``A @ x @ A.T``, two matrix
-    products, which on CPU is far faster than a one-channel convolution."""
+    reflected borders (``n`` outputs)."""
     k = len(taps)
     pad = k // 2 if reflect else 0
     rows = n if reflect else n - k + 1
-    a = torch.zeros(rows, n, dtype=torch.float64)
+    a = np.zeros((rows, n))
     for i in range(rows):
         for t, weight in enumerate(taps):
             j = i - pad + t
             j = -j if j < 0 else (2 * (n - 1) - j if j > n - 1 else j)
             a[i, j] += weight
-    return a.float()
+    a = a.astype(np.float32)
+    a.setflags(write=False)  # one array is shared by every caller through the cache
+    return a
 
 
 def _separable(x: torch.Tensor, taps: tuple[float, ...], reflect: bool) -> torch.Tensor:
     """Filter every image of ``... x H x W`` with the separable kernel ``taps`` x ``taps``.
 
-    numpy's batched matmul: for these many small products it does not suffer torch's thread
-    start-up cost, which made the same product 10x slower on a busy 2-core machine.
+    Two batched matrix products, ``A_h @ x @ A_w.T``: on CPU several times faster than a
+    one-channel convolution (numpy's matmul measured faster than torch's for these small products).
     """
-    a_h = _filter_matrix(x.shape[-2], taps, reflect).numpy()
-    a_w = _filter_matrix(x.shape[-1], taps, reflect).numpy()
+    a_h = _filter_matrix(x.shape[-2], taps, reflect)
+    a_w = _filter_matrix(x.shape[-1], taps, reflect)
     return torch.from_numpy(a_h @ x.detach().cpu().numpy() @ a_w.T)
+
+
+# --------------------------------------------------------------------------------------------------
+# MS-SSIM diversity
 
 
 MSSSIM_BETAS = (0.0448, 0.2856, 0.3001, 0.2363, 0.1333)  # Wang et al. 2003

@@ -236,8 +236,11 @@ def training_losses(history: list[dict], path: str | Path | None = None) -> Figu
 
 
 def training_scores(history: list[dict], path: str | Path | None = None) -> Figure:
-    """D(x) and D(G(z)) per iteration, as probabilities of 'real' (sigmoid of D's score)."""
-    keys = {"D_x": "D(x)", "D_G_z1": "D(G(z)) before G step", "D_G_z2": "D(G(z)) after G step"}
+    """D(x) and D(G(z)) per iteration, as probabilities of 'real' (sigmoid of D's score).
+
+    D(G(z)) is shown twice, as in pytorch/examples: scored in the D step (before D's update) and in
+    the G step (after it), on the same fakes."""
+    keys = {"D_x": "D(x)", "D_G_z1": "D(G(z)) before D update", "D_G_z2": "D(G(z)) after D update (G step)"}
     fig = _training_curves(history, keys, "D output (probability real)", "Discriminator scores")
     ax = fig.axes[0]
     ax.axhline(0.5, color="k", lw=0.8, ls="--")

@@ -7,6 +7,12 @@ A ``training-state.pt`` checkpoint holds everything the loop depends on (weights
 augmentation state, every RNG, the data-order generator, counters), so an interrupted run resumed with
 ``resume=True`` ends bit-identical to an uninterrupted one on the same machine.
 
+History rows (``stats.jsonl``, one per iteration; ``history.csv``): ``iteration``, ``epoch``, ``kimg``,
+``time_s`` (training wall time), ``loss_D``, ``loss_G``, ``D_x``, ``D_G_z1`` (fakes scored in the D step,
+before D's update), ``D_G_z2`` (the same fakes in the G step, after it) -- D outputs as probabilities,
+named as in pytorch/examples -- and with augmentation ``augment_p`` and ``augment_rt`` (ADA's r_t).
+With ``n_dis > 1`` the G columns are empty on iterations without a G step.
+
 ``python -m cxr_utils train --preset lungcancer-dcgan --out results/RUN [--resume] [--FIELD VALUE ...]``
 """
 

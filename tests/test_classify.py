@@ -194,7 +194,8 @@ def test_training_is_deterministic_and_restores_the_best_epoch():
     (m1, h1), (m2, h2) = (train_classifier(cfg, x, y, vx, vy, progress=False) for _ in range(2))
     strip = [{k: v for k, v in row.items() if k != "seconds"} for row in h1["epochs"]]
     assert strip == [{k: v for k, v in row.items() if k != "seconds"} for row in h2["epochs"]]
-    assert all(torch.equal(a, b) for a, b in zip(m1.state_dict().values(), m2.state_dict().values()))
+    tensors = [(*m.parameters(), *m.buffers()) for m in (m1, m2)]
+    assert all(torch.equal(a, b) for a, b in zip(*tensors))
     p = predict_scores(m1, vx)
     best_loss = -np.mean(np.log(np.where(vy.numpy() == 1, p, 1 - p)))
     assert best_loss == pytest.approx(h1["best_val_loss"], rel=1e-5)

@@ -6,23 +6,20 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from threadpoolctl import threadpool_limits
 
 from cxr_utils import cli, phantom, runs
 from cxr_utils.errors import ConfigError
 from cxr_utils.evaluate import evaluate, format_metrics
+from cxr_utils.metrics import single_threaded
 from cxr_utils.models import build_generator
 from cxr_utils.train import make_config
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One BLAS/torch thread: these small products only lose from threading on a shared 2-core CI box."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
+    """One BLAS/torch thread, as evaluate() runs its maths: threads only cost on a busy 2-core box."""
+    with single_threaded():
         yield
-    torch.set_num_threads(old)
 
 
 def _phantom(n: int, seed: int = 0) -> torch.Tensor:

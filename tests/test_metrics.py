@@ -9,21 +9,18 @@ import pytest
 import scipy.linalg
 import torch
 import torch.nn.functional as F
-from threadpoolctl import threadpool_limits
 
 from cxr_utils import metrics as M
 from cxr_utils import phantom
+from cxr_utils.metrics import single_threaded
 from cxr_utils.errors import ConfigError
 
 
 @pytest.fixture(autouse=True)
 def one_thread():
-    """One BLAS/torch thread: these small products only lose from threading on a shared 2-core CI box."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    with threadpool_limits(1):
+    """One BLAS/torch thread, as evaluate() runs its maths: threads only cost on a busy 2-core box."""
+    with single_threaded():
         yield
-    torch.set_num_threads(old)
 
 
 def _phantom(n: int, size: int = 64, seed: int = 0) -> torch.Tensor:

@@ -247,6 +247,8 @@ def test_explained_variance_and_walk_figures():
     import matplotlib
 
     matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
     G = TinyZGenerator()
     d = wd.latent_directions(G, n_samples=64, k=3)
     fig = wd.figure_explained_variance(d)
@@ -255,6 +257,8 @@ def test_explained_variance_and_walk_figures():
     walk = wd.direction_walk(G, wd.seed_code(G, 0), d.components, [-2, 0, 2])
     fig2 = wd.figure_direction_walk(walk, [-2, 0, 2], d)
     assert [t.get_text() for t in fig2.axes[0].get_xticklabels()] == ["-2.0", "+0.0", "+2.0"]
+    plt.close(fig)
+    plt.close(fig2)
 
 
 # ---------------------------------------------------------------------------------------- the widget
