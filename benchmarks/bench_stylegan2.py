@@ -8,7 +8,9 @@ builds the preset's networks, runs ``--warmup`` iterations, then times ``--iters
 16 iterations the lazy R1 step (every 16 minibatches) and, when enabled, the path-length step (every 4)
 are included exactly once per interval, so the figure is the amortised cost. Data loading is excluded.
 Settings are timed in alternation (``--repeats`` rounds) and the best round is reported, which damps the
-noise of a shared machine; figures still vary run to run.
+noise of a shared machine; figures still vary run to run. The process CPU time per iteration is printed
+too: on a busy machine it tracks the work done better than wall time (with ``--threads 1`` it is the
+single-core cost; with more threads it also counts threads spinning while they wait).
 """
 
 from __future__ import annotations
@@ -24,14 +26,14 @@ import torch
 from cxr_utils.models import stylegan2 as sg
 
 
-def time_iterations(steps: sg.StyleGAN2Steps, real: torch.Tensor, start: int, iters: int) -> float:
-    """Seconds for ``iters`` full iterations starting at minibatch index ``start``."""
-    t0 = time.perf_counter()
+def time_iterations(steps: sg.StyleGAN2Steps, real: torch.Tensor, start: int, iters: int) -> tuple[float, float]:
+    """Wall and process CPU seconds for ``iters`` full iterations from minibatch index ``start``."""
+    t0, c0 = time.perf_counter(), time.process_time()
     for i in range(start, start + iters):
         steps.d_step(real, i)
         steps.g_step(real.shape[0], i)
         steps.ema_update(real.shape[0])
-    return time.perf_counter() - t0
+    return time.perf_counter() - t0, time.process_time() - c0
 
 
 def main() -> None:
@@ -65,19 +67,20 @@ def main() -> None:
         real = torch.rand(batch, args.channels, args.size, args.size) * 2 - 1
         time_iterations(steps, real, 1, args.warmup)
         runs[impl, precision] = (steps, real)
-    best = {s: float("inf") for s in settings}
+    best = {s: (float("inf"), float("inf")) for s in settings}
     for _ in range(args.repeats):
         for s in settings:
             steps, real = runs[s]
             best[s] = min(best[s], time_iterations(steps, real, 0, args.iters))
 
-    print(f"{'modconv':<11} {'precision':>9} {'s/iter':>8} {'img/s':>8} {'kimg/h':>8}")
+    print(f"{'modconv':<11} {'precision':>9} {'s/iter':>8} {'img/s':>8} {'kimg/h':>8} {'cpu s/iter':>10}")
     rows = []
-    for (impl, precision), seconds in best.items():
+    for (impl, precision), (seconds, cpu_seconds) in best.items():
         ips = batch * args.iters / seconds
         rows.append({"modconv_impl": impl, "precision": precision, "seconds_per_iter": seconds / args.iters,
-                     "images_per_s": ips, "kimg_per_h": ips * 3.6})
-        print(f"{impl:<11} {precision:>9} {seconds / args.iters:>8.3f} {ips:>8.1f} {ips * 3.6:>8.1f}")
+                     "images_per_s": ips, "kimg_per_h": ips * 3.6, "cpu_seconds_per_iter": cpu_seconds / args.iters})
+        print(f"{impl:<11} {precision:>9} {seconds / args.iters:>8.3f} {ips:>8.1f} {ips * 3.6:>8.1f} "
+              f"{cpu_seconds / args.iters:>10.3f}")
     if args.out:
         args.out.write_text(json.dumps(rows, indent=2) + "\n")
 

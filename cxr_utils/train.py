@@ -78,7 +78,7 @@ class TrainConfig:
     augment_p: float = _f(0.0, "augmentation probability (fixed for diffaug, initial for ada)")
     ada_target: float = _f(0.6, "ADA target for E[sign(D(real))]")
     n_dis: int = _f(1, "D steps per G step")
-    seed: int = _f(0, "seeds weights, latents, data order and augmentation")
+    seed: int = _f(0, "seeds weights, latents, data order and augmentation (not the data itself)")
     precision: Literal["auto", "fp32", "bf16"] = _f("auto", "auto: bf16 autocast where measured faster")
     channels_last: bool | Literal["auto"] = _f("auto", "channels-last memory format (auto: where faster)")
     compile: bool = _f(False, "torch.compile the G and D forwards")
@@ -87,7 +87,7 @@ class TrainConfig:
     checkpoint_every: int = _f(5, "write training-state.pt every N epochs (and at the end)")
     grid_epochs: tuple[int, ...] = _f((1, 10, 25), "epochs whose sample grids are always written")
     n_fixed: int = _f(64, "number of fixed latents for the sample grids")
-    max_images: int | None = _f(None, "cap on the data set size (a seeded random subset)")
+    max_images: int | None = _f(None, "cap on the data set size (a fixed random subset)")
     num_data: int | None = _f(None, "phantom size when source is plain 'phantom'")
 
     def validate(self) -> None:
@@ -281,20 +281,23 @@ def ema_beta(cfg: TrainConfig) -> float:
 
 
 def training_images(cfg: TrainConfig, images: torch.Tensor | None = None, progress: bool = True) -> torch.Tensor:
-    """The training set as one float32 (N, C, S, S) tensor in [-1, 1]: ``images`` or ``data.load``."""
+    """The training set as one float32 (N, C, S, S) tensor in [-1, 1]: ``images`` or ``data.load``.
+
+    The data never depend on ``cfg.seed`` (the phantom is rendered with its default seed, the
+    ``max_images`` subset is fixed), so runs that differ only in seed see the same images."""
     if images is None:
         from .data import load
 
         source = f"phantom:{cfg.num_data}" if cfg.source == "phantom" and cfg.num_data else cfg.source
         classes = list(cfg.classes) if cfg.classes else None
         images = load(source, image_size=cfg.image_size, channels=cfg.channels, classes=classes,
-                      seed=cfg.seed, progress=progress).images
+                      progress=progress).images
     expected = (cfg.channels, cfg.image_size, cfg.image_size)
     if images.dim() != 4 or tuple(images.shape[1:]) != expected:
         raise ConfigError(f"training images have shape {tuple(images.shape)}, config expects (N, *{expected})")
     images = images.float()
     if cfg.max_images and len(images) > cfg.max_images:
-        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(cfg.seed))
+        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
         images = images[keep[: cfg.max_images].sort().values]
     if len(images) < cfg.batch_size:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the data set ({len(images)} images)")

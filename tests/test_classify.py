@@ -12,6 +12,7 @@ from cxr_utils.classify import (ClassifierConfig, CLASSIFIER_PRESETS, bootstrap_
                                 classic_augment, evaluate_classifier, load_classifier, macro_auc,
                                 paired_bootstrap_delta, predict_scores, roc_auc, save_classifier,
                                 score_metrics, train_classifier, youden_threshold)
+from cxr_utils import phantom
 from cxr_utils.config import apply_overrides, from_preset
 from cxr_utils.errors import ConfigError
 
@@ -242,3 +243,29 @@ def test_saved_model_keeps_threshold_and_weights_label(tmp_path):
     assert (again.threshold, again.threshold_rule, again.weights) == (model.threshold, model.threshold_rule,
                                                                       "scratch")
     assert np.array_equal(predict_scores(again, x), predict_scores(model, x))
+
+
+def _phantom_with_visible_lesions(n: int, size: int = 64, seed: int = 0):
+    """Phantom anatomy with one conspicuous round lesion (peak +1.0, sigma 3 px) in a lung of label-1 images.
+
+    The phantom's own nodules (radius ~2 px at 64 px) stayed at chance level for a from-scratch CNN
+    with up to 4000 images, so within a unit-test budget only a clearer lesion checks that training
+    learns a position-independent finding on realistic backgrounds.
+    """
+    p = phantom.render(range(n), size=size, seed=seed, with_nodules=False)
+    x = torch.from_numpy(p.images).float().div(127.5).sub(1).unsqueeze(1)
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[:size, :size]
+    for i in np.flatnonzero(p.labels):
+        lung = np.argwhere(p.lung_masks[i])
+        cy, cx = lung[rng.integers(len(lung))]
+        x[i, 0] += torch.from_numpy(np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * 3.0 ** 2))).float()
+    return x.clamp(-1, 1), torch.from_numpy(p.labels)
+
+
+def test_smallcnn_detects_lesions_on_phantom_radiographs():
+    x, y = _phantom_with_visible_lesions(700)
+    cfg = apply_overrides(SMOKE, image_size=64, epochs=10, augment="none")
+    model, history = train_classifier(cfg, x[:400], y[:400], x[400:500], y[400:500], progress=False)
+    result = evaluate_classifier(model, x[500:], y[500:], n_boot=200)
+    assert result["auc"] > 0.9 and result["auc_ci_low"] > 0.8, (result, history["epochs"])

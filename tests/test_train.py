@@ -122,6 +122,19 @@ def test_device_choices():
         device.resolve_precision("fp8", cpu)
 
 
+def test_training_images_checks_and_caps(images):
+    from cxr_utils.train import training_images
+
+    capped = training_images(tiny(max_images=20, seed=1), images)
+    assert torch.equal(capped, training_images(tiny(max_images=20, seed=2), images))  # not seed-dependent
+    rows = {tuple(x.flatten()[:50].tolist()) for x in images}
+    assert len(capped) == 20 and all(tuple(x.flatten()[:50].tolist()) in rows for x in capped)
+    with pytest.raises(ConfigError, match="config expects"):
+        training_images(tiny(), images[:, :1])
+    with pytest.raises(ConfigError, match="larger than the data set"):
+        training_images(tiny(batch_size=32), images[:20])
+
+
 # ------------------------------------------------------------------------------------------- losses
 
 
