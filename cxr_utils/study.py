@@ -35,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+import shutil
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -270,10 +271,10 @@ class _Study:
                             seed=seed, device=self.cfg.device, n_fixed=16,
                             checkpoint_every=self.cfg.gan_epochs, sample_every=self.cfg.gan_epochs)
         resume = (run_dir / runs.STATE).exists()
-        write_json_atomic(md5s, md5_file)
-        result = T.train(cfg, run_dir, images=self.ds.images[idx], resume=resume,
-                         overwrite=not resume and (run_dir / runs.OPTIONS).exists(), progress=False)
-        return result.G
+        if not resume and run_dir.exists():  # a run killed before its first checkpoint: start afresh
+            shutil.rmtree(run_dir)
+        write_json_atomic(md5s, md5_file)  # before training, so no trained generator lacks one
+        return T.train(cfg, run_dir, images=self.ds.images[idx], resume=resume, progress=False).G
 
     def synthetic(self, preset: str, fraction: float, seed: int, per_class: dict[int, int]
                   ) -> tuple[torch.Tensor, np.ndarray]:

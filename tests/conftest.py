@@ -12,8 +12,12 @@ import os
 from pathlib import Path
 
 import matplotlib
+import torch
 
 matplotlib.use("Agg")
+# Tests run two at a time (pytest -n 2) on small tensors: one thread each avoids oversubscribing the
+# cores, which made some files an order of magnitude slower.
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 NBVAL_DIR = ROOT / "tests" / ".nbval"

@@ -105,6 +105,22 @@ def test_cached_generator_is_checked_for_leakage(finished, tmp_path, damage):
         study.run_cells(study.make_study_config(**TINY, out=str(out)), progress=False)
 
 
+def test_generator_killed_before_its_checkpoint_is_retrained(finished, tmp_path):
+    cfg, _ = finished
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(study.project_path(cfg.out), out)
+    cell = next((out / "cells").glob("real+lungcancer*__s1.json"))
+    cell.unlink()
+    gen = next((out / "generators").glob("*__s1"))
+    for name in ("network-final.pt", "training-state.pt", "train_md5s.json"):
+        (gen / name).unlink()
+    study.run_cells(study.make_study_config(**TINY, out=str(out)), progress=False)
+    assert cell.is_file() and (gen / "network-final.pt").is_file()
+    assert json.loads((gen / "train_md5s.json").read_text())
+
+
 def test_crash_mid_cell_leaves_no_partial_file(tmp_path, monkeypatch):
     cfg = study.make_study_config(**dict(TINY, synthetic_only=False, generators=()), out=str(tmp_path))
     real_train = classify.train_classifier
