@@ -45,15 +45,15 @@ def _tiny_run(run_dir: Path) -> None:
 
 
 def _write_smoke_notebooks() -> None:
-    import papermill.iorw  # noqa: F401  (registers the I/O handlers parameterize uses)
-    from papermill.parameterize import parameterize_notebook
     import nbformat
+    from papermill.iorw import load_notebook_node
+    from papermill.parameterize import parameterize_notebook
 
     NBVAL_DIR.mkdir(parents=True, exist_ok=True)
     for nb_path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         if nb_path.stem not in SMOKE_PARAMETERS:
             raise RuntimeError(f"{nb_path.name} has no entry in tests/conftest.py SMOKE_PARAMETERS")
-        nb = nbformat.read(nb_path, as_version=4)
+        nb = load_notebook_node(str(nb_path))  # adds the metadata papermill expects
         nb = parameterize_notebook(nb, SMOKE_PARAMETERS[nb_path.stem])
         nbformat.write(nb, NBVAL_DIR / nb_path.name)
     _tiny_run(OUT / "tiny-run")
