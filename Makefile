@@ -29,7 +29,9 @@ setup: $(STAMP)
 
 run: setup
 	mkdir -p $(NB_OUT)
-	$(PAPERMILL) notebooks/01_data_exploration.ipynb $(NB_OUT)/01_data_exploration.ipynb -p out_dir results/01_data_exploration
+	$(PAPERMILL) notebooks/01_data_exploration.ipynb $(NB_OUT)/01_data_exploration.ipynb
+	$(PAPERMILL) notebooks/02_dcgan_training.ipynb $(NB_OUT)/02_dcgan_training.ipynb
+	$(PAPERMILL) notebooks/05_latent_explorer.ipynb $(NB_OUT)/05_latent_explorer.ipynb
 	@echo "main job finished: executed notebooks in $(NB_OUT)/, figures in results/"
 
 test: setup

@@ -198,8 +198,8 @@ def _sample_nodules(rng: np.random.Generator) -> list[dict[str, float]]:
     """Three candidate nodules; the image keeps the first ``count`` of them (drawn for every image)."""
     count = int(rng.choice([1, 2, 3], p=[0.6, 0.3, 0.1]))
     cands = [
-        {"radius": rng.uniform(0.025, 0.055),  # fraction of the image size
-         "density": rng.uniform(0.2, 0.6),
+        {"radius": rng.uniform(0.03, 0.065),  # fraction of the image size
+         "density": rng.uniform(0.45, 1.1),
          "pick": rng.uniform(0, 1)}
         for _ in range(3)
     ]

@@ -108,7 +108,7 @@ def test_nodules_only_on_nodule_images_and_inside_lungs(set64):
         assert (1 <= len(nods) <= 3) if label == 1 else nods == []
         for cy, cx, r in nods:
             assert lung[int(round(cy)), int(round(cx))]
-            assert 0.025 * size <= r <= 0.055 * size
+            assert 0.03 * size <= r <= 0.065 * size
 
 
 def test_nodule_image_differs_from_its_normal_counterpart_only_at_nodules(pair64):
