@@ -347,24 +347,40 @@ def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torchxrayvision densenet121-res224-all weights (default: its cache; never downloaded)")
 
 
-def cli_run(args: argparse.Namespace) -> int:
+def evaluate_run(fake: str | Path, out_dir: str | Path | None = None, real: str | None = None, n: int = 2000,
+                 extractors: Sequence[str] | str = DEFAULT_EXTRACTORS, holdout_fraction: float = 0.2, seed: int = 0,
+                 image_size: int | None = None, weights: Mapping[str, str | Path | None] | None = None,
+                 progress: bool = True) -> dict:
+    """Evaluate a run folder (or a folder of generated images) the way ``python -m cxr_utils evaluate`` does.
+
+    Without ``real`` the run's own training images are the reference; their held-out part was then
+    seen by the generator, so the copy baseline is conservative (it flags less).
+    """
     from .paths import project_path
 
-    if args.n < 2:
+    if n < 2:
         raise ConfigError("--n must be >= 2")
-    if not 0 < args.holdout_fraction < 1:
-        raise ConfigError(f"--holdout-fraction must be between 0 and 1, got {args.holdout_fraction}")
-    if args.image_size is not None and args.image_size < 16:
-        raise ConfigError(f"--image-size must be >= 16, got {args.image_size}")
-    fake, fake_info, cfg = load_fake(args.fake, args.n, args.seed, args.image_size)
-    size = int(fake.shape[-1])
-    train, holdout, real_info = load_real(args.real, cfg, args.n, args.holdout_fraction, args.seed, size)
+    if not 0 < holdout_fraction < 1:
+        raise ConfigError(f"--holdout-fraction must be between 0 and 1, got {holdout_fraction}")
+    if image_size is not None and image_size < 16:
+        raise ConfigError(f"--image-size must be >= 16, got {image_size}")
+    fake_images, fake_info, cfg = load_fake(str(fake), n, seed, image_size, progress)
+    size = int(fake_images.shape[-1])
+    train, holdout, real_info = load_real(real, cfg, n, holdout_fraction, seed, size, progress)
     if real_info["used"] < real_info["available"]:
         print(f"note: using {real_info['used']} of {real_info['available']} real images (raise --n to use all; "
               "the memorisation audit only searches the images used)", file=sys.stderr)
-    result = evaluate(train, holdout, fake, extractors=args.extractor, seed=args.seed,
-                      weights={"inception": args.inception_weights, "xrv": args.xrv_weights},
-                      out_dir=project_path(args.out), provenance={"fake_source": fake_info, "real_source": real_info})
+    return evaluate(train, holdout, fake_images, extractors=extractors, seed=seed, weights=weights,
+                    out_dir=project_path(out_dir) if out_dir is not None else None, progress=progress,
+                    provenance={"fake_source": fake_info, "real_source": real_info})
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    from .paths import project_path
+
+    result = evaluate_run(args.fake, args.out, real=args.real, n=args.n, extractors=args.extractor,
+                          holdout_fraction=args.holdout_fraction, seed=args.seed, image_size=args.image_size,
+                          weights={"inception": args.inception_weights, "xrv": args.xrv_weights})
     print(format_metrics(result))
     out = project_path(args.out)
     print(f"wrote {out / 'metrics.json'}, {out / 'nn_pairs.png'}, {out / 'nn_distances.png'}")

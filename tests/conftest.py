@@ -26,7 +26,7 @@ OUT = NBVAL_DIR / "out"
 SMOKE_PARAMETERS: dict[str, dict] = {
     "01_data_exploration": {"source": "phantom:64", "out_dir": str(OUT / "01")},
     "02_dcgan_training": {"source": "phantom:64", "epochs": 2, "batch_size": 32,
-                          "run_name": "nb02", "out_root": str(OUT)},
+                          "run_name": "nb02", "out_root": str(OUT), "n_eval": 48},
     "04_resnet50_augmentation_study": {"source": "phantom:200", "backbone": "smallcnn", "fractions": [0.5, 1.0],
                                        "ratios": [1.0], "seeds": [0, 1, 2], "generators": ["lungcancer-dcgan"],
                                        "gan_epochs": 1, "gan_base": 16, "clf_epochs": 2, "n_boot": 200,
