@@ -8,15 +8,6 @@ from cxr_utils.models import dcgan
 from cxr_utils.models.dcgan import Discriminator, Generator, init_dcgan_weights
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread keeps these tiny models fast and contention-free."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def layer_rows(seq: nn.Module) -> list[tuple]:
     """(type, in, out, kernel, stride, padding, bias) for convs, (type, features) for BN, (type,) else."""
     rows = []

@@ -10,26 +10,15 @@ from cxr_utils.errors import RunError
 from cxr_utils.train import make_config, train
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     """One epoch of a tiny EMA run (so G and G_ema differ) on smooth random images."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
     g = torch.Generator().manual_seed(0)
     images = torch.nn.functional.avg_pool2d(torch.rand(32, 3, 36, 36, generator=g) * 2 - 1, 5, 1)
     cfg = make_config("stable", image_size=32, base=4, latent_dim=8, batch_size=16, epochs=1, n_fixed=4,
                       ema_kimg=0.01, precision="fp32", grid_epochs=(1,))
     out = tmp_path_factory.mktemp("runs") / "ema"
     train(cfg, out, images=images, progress=False)
-    torch.set_num_threads(old)
     return out
 
 

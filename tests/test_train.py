@@ -23,15 +23,6 @@ from cxr_utils.train import TrainConfig, config_from_args, d_loss, g_loss, make_
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The machine is shared: one intra-op thread keeps these tiny models fast and contention-free."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def images() -> torch.Tensor:
     """64 phantom radiographs at 32 px (rendered at 64, 2x2-averaged), gray replicated to 3 channels."""
@@ -160,12 +151,9 @@ def test_losses_against_hand_formulas():
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, images):
     """4 epochs of the reference recipe (scaled down) on 64 phantom images; budget given in kimg."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("runs") / "tiny"
     cfg = tiny(kimg=0.256, epochs=1, base=16, latent_dim=32, grid_epochs=(1, 4), checkpoint_every=2)
-    yield train(cfg, run_dir, images=images, progress=False)
-    torch.set_num_threads(old)
+    return train(cfg, run_dir, images=images, progress=False)
 
 
 def test_discriminator_scores_move_apart_and_samples_change(tiny_run):
