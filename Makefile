@@ -40,7 +40,7 @@ run: setup
 	@echo "main job finished: executed notebooks in $(NB_OUT)/, figures in results/"
 
 test: setup
-	$(PY) -m pytest -n 2 --dist loadfile tests tests/.nbval --nbval-lax --nbval-current-env
+	$(PY) -m pytest -n 2 --dist loadfile tests build/nbval --nbval-lax --nbval-current-env
 
 clean-results:
 	find results -mindepth 1 -maxdepth 1 ! -name README.md ! -name .gitignore -exec rm -rf {} +

@@ -1,7 +1,7 @@
 """Shared test setup.
 
 Notebooks are tested with nbval on copies whose parameters papermill has replaced by small, fast ones
-(``SMOKE_PARAMETERS``); the copies go to ``tests/.nbval/`` (git-ignored) when pytest starts, and
+(``SMOKE_PARAMETERS``); the copies go to ``build/nbval/`` (git-ignored) when pytest starts, and
 ``make test`` passes that folder to pytest with ``--nbval-lax``. Every notebook must have an entry here,
 so a new notebook cannot silently go untested.
 """
@@ -20,7 +20,7 @@ matplotlib.use("Agg")
 torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
-NBVAL_DIR = ROOT / "tests" / ".nbval"
+NBVAL_DIR = ROOT / "build" / "nbval"
 OUT = NBVAL_DIR / "out"
 
 SMOKE_PARAMETERS: dict[str, dict] = {
@@ -61,5 +61,5 @@ def _write_smoke_notebooks() -> None:
 
 def pytest_configure(config) -> None:
     # Only the controller writes (xdist workers would race on the same files).
-    if os.environ.get("PYTEST_XDIST_WORKER") is None and any(".nbval" in str(a) for a in config.args):
+    if os.environ.get("PYTEST_XDIST_WORKER") is None and any("nbval" in str(a) for a in config.args):
         _write_smoke_notebooks()
