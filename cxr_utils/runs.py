@@ -11,7 +11,7 @@ import argparse
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import IO, Any, Callable
 
 import numpy as np
 import torch
@@ -30,17 +30,18 @@ NETWORK_SNAPSHOT = "network-snapshot.pt"
 SAMPLES = "samples"
 
 
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` that never leaves a half-written file under ``path``, even on SIGKILL or power loss.
+def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = True) -> None:
+    """Write a file that never exists half-written under ``path``, even on SIGKILL or power loss.
 
-    The bytes go to a temporary file in the same folder, are fsynced, then renamed over ``path``
+    ``write`` fills a temporary file in the same folder, which is fsynced and then renamed over ``path``
     (atomic on POSIX); the folder is fsynced so the rename itself is durable.
     """
     path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
+        with os.fdopen(fd, "wb" if binary else "w") as f:
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -52,6 +53,11 @@ def atomic_save(obj: Any, path: str | Path) -> None:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
+
+
+def atomic_save(obj: Any, path: str | Path) -> None:
+    """``torch.save`` through :func:`atomic_write`."""
+    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def network_payload(cfg: Any, G: nn.Module, G_ema: nn.Module | None, kimg: float, epoch: int) -> dict:

@@ -34,9 +34,7 @@ import dataclasses
 import hashlib
 import json
 import math
-import os
 import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -171,18 +169,10 @@ def grid(cfg: StudyConfig) -> list[Cell]:
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """JSON through :func:`runs.atomic_write`: a crash never leaves a partial cell file."""
+    from .runs import atomic_write
+
+    atomic_write(path, lambda f: json.dump(obj, f), binary=False)
 
 
 def _check_out_dir(cfg: StudyConfig, out: Path) -> None:

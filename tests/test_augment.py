@@ -9,15 +9,6 @@ from cxr_utils.augment import ALL_OPS, COLOR_OPS, GEOMETRIC_OPS, PIPELINES, Adap
 from cxr_utils.errors import ConfigError
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine waiting threads cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _images(n=4, c=1, size=16, seed=0):
     return torch.rand(n, c, size, size, generator=torch.Generator().manual_seed(seed)) * 2 - 1
 

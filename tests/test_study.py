@@ -144,7 +144,9 @@ def test_atomic_write_failure_leaves_nothing(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(study.os, "replace", broken_replace)
+    from cxr_utils import runs
+
+    monkeypatch.setattr(runs.os, "replace", broken_replace)
     with pytest.raises(OSError):
         study.write_json_atomic({"a": 1}, tmp_path / "cell.json")
     assert list(tmp_path.iterdir()) == []

@@ -12,15 +12,6 @@ from cxr_utils.errors import ConfigError
 from cxr_utils.models import stylegan2 as sg
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors gain nothing from threads, and on a busy 2-core machine waiting threads cost 10x."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 TINY_NET = dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=256, channel_max=16, mbstd_group=4)
 TINY = dict(TINY_NET, batch_size=4, lr=0.0025, betas=(0.0, 0.99), r1_gamma=1.0, r1_interval=2,
             pl_weight=2.0, pl_interval=2, ema_kimg=0.01, ema_rampup=0.05, style_mixing_prob=0.9,
