@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from . import metrics as M
 from .errors import ConfigError, DataError
 
-DEFAULT_EXTRACTORS = ("offline",)
+DEFAULT_EXTRACTORS = ("offline", "inception", "xrv")  # the last two are skipped, with the reason, without weights
 N_CLOSEST = 8
 
 
