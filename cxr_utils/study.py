@@ -35,7 +35,7 @@ import hashlib
 import json
 import math
 import shutil
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -54,37 +54,31 @@ CELLS, GENERATORS = "cells", "generators"
 EXTENDING_FIELDS = frozenset({"fractions", "ratios", "seeds", "generators", "n_boot", "out", "device"})
 
 
-def _f(default: Any, help: str) -> Any:
-    if isinstance(default, (list, tuple)):
-        return field(default=tuple(default), metadata={"help": help})
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class StudyConfig:
     """The whole study grid and the settings of every model trained in it."""
 
-    source: str = _f("phantom:2000", "data source for data.load (folder, medmnist:<flag>, phantom:N)")
-    image_size: int = _f(64, "image side (a power of two >= 16, the GANs need it)")
-    backbone: classify.Backbone = _f("resnet50", "classifier: resnet50, resnet18 or smallcnn")
-    pretrained: bool = _f(False, "start the classifier from local ImageNet weights (never downloaded)")
-    fractions: tuple[float, ...] = _f((0.1, 0.25, 1.0), "fractions of the real training split")
-    ratios: tuple[float, ...] = _f((0.5, 1.0, 2.0), "synthetic:real ratios per augmented class")
-    seeds: tuple[int, ...] = _f((0, 1, 2), "seeds: split, subset, GAN and classifier (at least 3)")
-    generators: tuple[str, ...] = _f(("lungcancer-dcgan", "stable"), "train presets, one GAN per class")
-    augment_classes: tuple[str, ...] | None = _f(None, "classes that get synthetic images (None: all)")
-    synthetic_only: bool = _f(True, "also train on synthetic images only")
-    gan_epochs: int = _f(25, "GAN training epochs")
-    gan_batch_size: int = _f(64, "GAN batch size (capped at the class size)")
-    gan_base: int = _f(64, "GAN width")
-    clf_epochs: int = _f(20, "classifier maximum epochs")
-    clf_batch_size: int = _f(32, "classifier batch size")
-    clf_patience: int = _f(5, "classifier early-stopping patience (0: none)")
-    clf_lr: float = _f(1e-3, "classifier learning rate")
-    split: tuple[float, ...] = _f((0.7, 0.15, 0.15), "train/val/test fractions")
-    n_boot: int = _f(1000, "bootstrap resamples for every interval")
-    device: str = _f("auto", "auto | cpu | cuda[:i]")
-    out: str = _f("results/study", "study folder")
+    source: str = C.option("phantom:2000", "data source for data.load (folder, medmnist:<flag>, phantom:N)")
+    image_size: int = C.option(64, "image side (a power of two >= 16, the GANs need it)")
+    backbone: classify.Backbone = C.option("resnet50", "classifier: resnet50, resnet18 or smallcnn")
+    pretrained: bool = C.option(False, "start the classifier from local ImageNet weights (never downloaded)")
+    fractions: tuple[float, ...] = C.option((0.1, 0.25, 1.0), "fractions of the real training split")
+    ratios: tuple[float, ...] = C.option((0.5, 1.0, 2.0), "synthetic:real ratios per augmented class")
+    seeds: tuple[int, ...] = C.option((0, 1, 2), "seeds: split, subset, GAN and classifier (at least 3)")
+    generators: tuple[str, ...] = C.option(("lungcancer-dcgan", "stable"), "train presets, one GAN per class")
+    augment_classes: tuple[str, ...] | None = C.option(None, "classes that get synthetic images (None: all)")
+    synthetic_only: bool = C.option(True, "also train on synthetic images only")
+    gan_epochs: int = C.option(25, "GAN training epochs")
+    gan_batch_size: int = C.option(64, "GAN batch size (capped at the class size)")
+    gan_base: int = C.option(64, "GAN width")
+    clf_epochs: int = C.option(20, "classifier maximum epochs")
+    clf_batch_size: int = C.option(32, "classifier batch size")
+    clf_patience: int = C.option(5, "classifier early-stopping patience (0: none)")
+    clf_lr: float = C.option(1e-3, "classifier learning rate")
+    split: tuple[float, ...] = C.option((0.7, 0.15, 0.15), "train/val/test fractions")
+    n_boot: int = C.option(1000, "bootstrap resamples for every interval")
+    device: str = C.option("auto", "auto | cpu | cuda[:i]")
+    out: str = C.option("results/study", "study folder")
 
     def validate(self) -> None:
         rules = [

@@ -29,7 +29,7 @@ import os
 import random
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -47,48 +47,44 @@ from .models import MODELS, build_discriminator, build_generator, family
 from .paths import project_path
 
 
-def _f(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
 @dataclass
 class TrainConfig:
     """Everything that defines a training run; defaults are Reference A (the `lungcancer-dcgan` preset)."""
 
-    model: str = _f("dcgan", f"model family: {' | '.join(MODELS)}")
-    source: str = _f("phantom", "data source for data.load (folder, medmnist:<flag>, phantom[:N])")
-    classes: tuple[str, ...] | None = _f(None, "train on these classes only (comma-separated); None = all")
-    image_size: int = _f(64, "square image size, a power of two >= 16")
-    channels: int = _f(3, "1 = grayscale, 3 = grayscale replicated to RGB (the references)")
-    latent_dim: int = _f(128, "size of the latent vector z")
-    base: int = _f(64, "network width: channels of the highest-resolution layer")
-    batch_size: int = _f(128, "images per D step")
-    epochs: int = _f(25, "passes over the data set")
-    kimg: float | None = _f(None, "budget in thousands of real images shown; overrides epochs (rounded up)")
-    lr_g: float = _f(2e-4, "generator Adam learning rate")
-    lr_d: float = _f(2e-4, "discriminator Adam learning rate (lr_d > lr_g = TTUR)")
-    beta1: float = _f(0.5, "Adam beta1")
-    beta2: float = _f(0.999, "Adam beta2")
-    loss: Literal["bce", "ns", "hinge"] = _f("bce", "bce (reference), ns (softplus form) or hinge")
-    label_smoothing: float = _f(0.0, "one-sided: real target 1 - this (bce only)")
-    spectral_norm: bool = _f(False, "spectral normalisation on every D conv")
-    d_batchnorm: bool = _f(True, "BatchNorm in D (the reference has it)")
-    ema_kimg: float = _f(0.0, "half-life of the EMA of G weights in kimg; 0 = no EMA")
-    augment: Literal["none", "diffaug", "ada"] = _f("none", "differentiable augmentation of D inputs")
-    augment_p: float = _f(0.0, "augmentation probability (fixed for diffaug, initial for ada)")
-    ada_target: float = _f(0.6, "ADA target for E[sign(D(real))]")
-    n_dis: int = _f(1, "D steps per G step")
-    seed: int = _f(0, "seeds weights, latents, data order and augmentation (not the data itself)")
-    precision: Literal["auto", "fp32", "bf16"] = _f("auto", "auto: bf16 autocast where measured faster")
-    channels_last: bool | Literal["auto"] = _f("auto", "channels-last memory format (auto: where faster)")
-    compile: bool = _f(False, "torch.compile the G and D forwards")
-    device: str = _f("auto", "auto | cpu | cuda[:i]")
-    sample_every: int = _f(1, "write a fixed-noise sample grid every N epochs")
-    checkpoint_every: int = _f(5, "write training-state.pt every N epochs (and at the end)")
-    grid_epochs: tuple[int, ...] = _f((1, 10, 25), "epochs whose sample grids are always written")
-    n_fixed: int = _f(64, "number of fixed latents for the sample grids")
-    max_images: int | None = _f(None, "cap on the data set size (a fixed random subset)")
-    num_data: int | None = _f(None, "phantom size when source is plain 'phantom'")
+    model: str = C.option("dcgan", f"model family: {' | '.join(MODELS)}")
+    source: str = C.option("phantom", "data source for data.load (folder, medmnist:<flag>, phantom[:N])")
+    classes: tuple[str, ...] | None = C.option(None, "train on these classes only (comma-separated); None = all")
+    image_size: int = C.option(64, "square image size, a power of two >= 16")
+    channels: int = C.option(3, "1 = grayscale, 3 = grayscale replicated to RGB (the references)")
+    latent_dim: int = C.option(128, "size of the latent vector z")
+    base: int = C.option(64, "network width: channels of the highest-resolution layer")
+    batch_size: int = C.option(128, "images per D step")
+    epochs: int = C.option(25, "passes over the data set")
+    kimg: float | None = C.option(None, "budget in thousands of real images shown; overrides epochs (rounded up)")
+    lr_g: float = C.option(2e-4, "generator Adam learning rate")
+    lr_d: float = C.option(2e-4, "discriminator Adam learning rate (lr_d > lr_g = TTUR)")
+    beta1: float = C.option(0.5, "Adam beta1")
+    beta2: float = C.option(0.999, "Adam beta2")
+    loss: Literal["bce", "ns", "hinge"] = C.option("bce", "bce (reference), ns (softplus form) or hinge")
+    label_smoothing: float = C.option(0.0, "one-sided: real target 1 - this (bce only)")
+    spectral_norm: bool = C.option(False, "spectral normalisation on every D conv")
+    d_batchnorm: bool = C.option(True, "BatchNorm in D (the reference has it)")
+    ema_kimg: float = C.option(0.0, "half-life of the EMA of G weights in kimg; 0 = no EMA")
+    augment: Literal["none", "diffaug", "ada"] = C.option("none", "differentiable augmentation of D inputs")
+    augment_p: float = C.option(0.0, "augmentation probability (fixed for diffaug, initial for ada)")
+    ada_target: float = C.option(0.6, "ADA target for E[sign(D(real))]")
+    n_dis: int = C.option(1, "D steps per G step")
+    seed: int = C.option(0, "seeds weights, latents, data order and augmentation (not the data itself)")
+    precision: Literal["auto", "fp32", "bf16"] = C.option("auto", "auto: bf16 autocast where measured faster")
+    channels_last: bool | Literal["auto"] = C.option("auto", "channels-last memory format (auto: where faster)")
+    compile: bool = C.option(False, "torch.compile the G and D forwards")
+    device: str = C.option("auto", "auto | cpu | cuda[:i]")
+    sample_every: int = C.option(1, "write a fixed-noise sample grid every N epochs")
+    checkpoint_every: int = C.option(5, "write training-state.pt every N epochs (and at the end)")
+    grid_epochs: tuple[int, ...] = C.option((1, 10, 25), "epochs whose sample grids are always written")
+    n_fixed: int = C.option(64, "number of fixed latents for the sample grids")
+    max_images: int | None = C.option(None, "cap on the data set size (a fixed random subset)")
+    num_data: int | None = C.option(None, "phantom size when source is plain 'phantom'")
 
     def validate(self) -> None:
         rules = [
