@@ -3,7 +3,7 @@
 Each variant trains on the same phantom images, then is scored with the offline metrics against fresh
 phantom images it never saw (held-out indices). Prints a Markdown table for benchmarks/README.md.
 
-    python benchmarks/ablation_stable.py --n 1000 --epochs 10 --batch-size 64 --out /tmp/ablation
+    python benchmarks/ablation_stable.py --n 1000 --epochs 10 --batch-size 64 --out results/ablation-stable
 """
 
 from __future__ import annotations
