@@ -414,7 +414,7 @@ class _Counters:
     epoch: int = 0  # epochs completed
     iteration: int = 0  # D steps completed
     images: int = 0  # real images shown to D
-    seconds: float = 0.0  # training wall time, summed over sessions
+    seconds: float = 0.0  # training wall time, summed over resumed segments
 
 
 @dataclass
