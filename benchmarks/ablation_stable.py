@@ -23,6 +23,7 @@ VARIANTS: dict[str, dict] = {
     "- spectral norm (+BN in D)": {"spectral_norm": False, "d_batchnorm": True},
     "- hinge (BCE)": {"loss": "bce"},
     "- EMA": {"ema_kimg": 0.0},
+    "- EMA ramp-up (fixed 2 kimg half-life)": {"ema_rampup": None},
     "- DiffAugment": {"augment": "none"},
     "- TTUR (2e-4 / 2e-4)": {"lr_g": 2e-4, "lr_d": 2e-4},
     "reference (lungcancer-dcgan)": None,

@@ -44,6 +44,7 @@ from . import device as dev
 from . import runs
 from .errors import ConfigError, RunError
 from .models import MODELS, build_discriminator, build_generator, family
+from .models.stylegan2 import STYLEGAN2_PRESETS
 from .paths import project_path
 
 
@@ -70,10 +71,21 @@ class TrainConfig:
     spectral_norm: bool = C.option(False, "spectral normalisation on every D conv")
     d_batchnorm: bool = C.option(True, "BatchNorm in D (the reference has it)")
     ema_kimg: float = C.option(0.0, "half-life of the EMA of G weights in kimg; 0 = no EMA")
+    ema_rampup: float | None = C.option(None, "cap the EMA half-life at this fraction of the images seen "
+                                              "(StyleGAN2's ramp-up); None = a fixed half-life")
     augment: Literal["none", "diffaug", "ada"] = C.option("none", "differentiable augmentation of D inputs")
     augment_p: float = C.option(0.0, "augmentation probability (fixed for diffaug, initial for ada)")
     ada_target: float = C.option(0.6, "ADA target for E[sign(D(real))]")
+    ada_interval: int = C.option(4, "ADA adjusts p every this many D steps")
+    ada_kimg: float = C.option(500.0, "ADA speed: p can move from 0 to 1 in this many kimg")
+    ada_p_max: float = C.option(0.8, "cap on ADA's p (the official code has none)")
+    sg2_arch: str = C.option("cpu-small", "StyleGAN2 widths, mapping depth, mbstd group: a models.stylegan2 preset")
+    r1_gamma: float = C.option(0.0, "R1 penalty weight (StyleGAN2; lazy, every r1_interval D steps)")
+    r1_interval: int = C.option(16, "D steps between lazy R1 steps")
+    pl_weight: float = C.option(0.0, "path-length regularisation weight (StyleGAN2); 0 = off")
+    style_mixing: float = C.option(0.0, "style-mixing probability (StyleGAN2)")
     n_dis: int = C.option(1, "D steps per G step")
+    sync_batchnorm: bool = C.option(False, "under torchrun: BatchNorm statistics over all processes (CUDA)")
     seed: int = C.option(0, "seeds weights, latents, data order and augmentation (not the data itself)")
     precision: Literal["auto", "fp32", "bf16"] = C.option("auto", "auto: bf16 autocast where measured faster")
     channels_last: bool | Literal["auto"] = C.option("auto", "channels-last memory format (auto: where faster)")
@@ -100,6 +112,15 @@ class TrainConfig:
             (0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)"),
             (self.label_smoothing == 0 or self.loss == "bce", "label_smoothing needs loss='bce'"),
             (self.ema_kimg >= 0, "ema_kimg must be >= 0"),
+            (self.ema_rampup is None or self.ema_rampup > 0, "ema_rampup must be > 0 or None"),
+            (self.ada_interval >= 1 and self.ada_kimg > 0 and 0 <= self.ada_p_max <= 1,
+             "ada_interval >= 1, ada_kimg > 0, ada_p_max in [0, 1]"),
+            (self.r1_gamma >= 0 and self.r1_interval >= 1 and self.pl_weight >= 0 and 0 <= self.style_mixing <= 1,
+             "r1_gamma >= 0, r1_interval >= 1, pl_weight >= 0, style_mixing in [0, 1]"),
+            (self.model != "stylegan2" or self.sg2_arch in STYLEGAN2_PRESETS,
+             f"sg2_arch must be one of {list(STYLEGAN2_PRESETS)}"),
+            (self.model != "stylegan2" or self.loss == "ns", "stylegan2 trains with loss='ns' (logistic)"),
+            (self.model != "stylegan2" or not self.compile, "compile is wired for dcgan only"),
             (0 <= self.augment_p <= 1 and 0 < self.ada_target < 1, "augment_p in [0, 1], ada_target in (0, 1)"),
             (self.sample_every >= 1 and self.checkpoint_every >= 1, "sample_every, checkpoint_every >= 1"),
             (all(e >= 1 for e in self.grid_epochs), "grid_epochs must be >= 1"),
@@ -127,8 +148,31 @@ PRESETS: dict[str, dict[str, Any]] = {
     # Stabilised DCGAN: every ingredient is its own field so each can be ablated.
     "stable": dict(model="dcgan", image_size=64, channels=3, latent_dim=128, base=64,
                    batch_size=128, epochs=25, lr_g=1e-4, lr_d=4e-4, beta1=0.5, beta2=0.999,
-                   loss="hinge", spectral_norm=True, d_batchnorm=False, ema_kimg=2.0,
+                   loss="hinge", spectral_norm=True, d_batchnorm=False, ema_kimg=2.0, ema_rampup=0.05,
                    augment="diffaug", augment_p=0.3, n_dis=1, grid_epochs=(1, 10, 25)),
+}
+
+
+
+def _stylegan2_preset(arch: str, image_size: int, kimg: float) -> dict[str, Any]:
+    """A StyleGAN2-ADA preset of models.stylegan2 as TrainConfig values (one lr for G and D, as there)."""
+    p = STYLEGAN2_PRESETS[arch]
+    return dict(model="stylegan2", sg2_arch=arch, image_size=image_size, channels=3, latent_dim=p["z_dim"],
+                batch_size=p["batch_size"], kimg=kimg, lr_g=p["lr"], lr_d=p["lr"], beta1=p["betas"][0],
+                beta2=p["betas"][1], loss="ns", spectral_norm=False, d_batchnorm=False,
+                ema_kimg=p["ema_kimg"], ema_rampup=p["ema_rampup"], augment="ada", augment_p=0.0,
+                ada_target=p["ada_target"], ada_interval=p["ada_interval"], ada_kimg=p["ada_kimg"],
+                ada_p_max=p["ada_p_max"], r1_gamma=p["r1_gamma"], r1_interval=p["r1_interval"],
+                pl_weight=p["pl_weight"], style_mixing=p["style_mixing_prob"], n_dis=1)
+
+
+# StyleGAN2-ADA: `--model stylegan2 --preset cpu-small` finds "stylegan2-cpu-small".
+PRESETS |= {
+    "stylegan2-cpu-small": _stylegan2_preset("cpu-small", 64, kimg=10),
+    "stylegan2-auto64": _stylegan2_preset("auto64", 64, kimg=1000),
+    "stylegan2-auto128": _stylegan2_preset("auto128", 128, kimg=1000),
+    "stylegan2-auto256": _stylegan2_preset("auto256", 256, kimg=1000),
+    "stylegan2-paper256": _stylegan2_preset("paper256", 256, kimg=1000),
 }
 
 # Fields that may differ when a run is resumed: they extend or observe training, never change it.
@@ -137,7 +181,17 @@ RESUMABLE_CHANGES = frozenset({"epochs", "kimg", "checkpoint_every", "sample_eve
 
 
 def make_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
-    """A preset plus overrides (Python values or CLI strings), validated."""
+    """A preset plus overrides (Python values or CLI strings), validated.
+
+    A preset may be named without its model prefix when ``model`` is given (``model="stylegan2",
+    preset="cpu-small"``); ``model="stylegan2"`` alone starts from ``stylegan2-cpu-small``.
+    """
+    model = overrides.get("model")
+    if model and model != "dcgan":
+        if preset is None:
+            preset = f"{model}-cpu-small"
+        elif preset not in PRESETS and f"{model}-{preset}" in PRESETS:
+            preset = f"{model}-{preset}"
     return C.from_preset(TrainConfig, PRESETS, preset, overrides)
 
 
@@ -268,9 +322,18 @@ def ema_update(ema: nn.Module, G: nn.Module, beta: float) -> None:
         be.copy_(b)
 
 
-def ema_beta(cfg: TrainConfig) -> float:
-    """Per-step decay giving a half-life of ``ema_kimg`` thousand images at this batch size."""
-    return 0.5 ** (cfg.batch_size / (cfg.ema_kimg * 1000.0)) if cfg.ema_kimg > 0 else 0.0
+def ema_beta(cfg: TrainConfig, images_seen: int) -> float:
+    """Per-step decay giving a half-life of ``ema_kimg`` thousand images at this batch size.
+
+    With ``ema_rampup`` the half-life is at most ``ema_rampup * images_seen`` (StyleGAN2's ramp-up), so
+    early in training the average follows G closely instead of holding on to the random initial weights.
+    """
+    if cfg.ema_kimg <= 0:
+        return 0.0
+    half_life = cfg.ema_kimg * 1000.0
+    if cfg.ema_rampup:
+        half_life = min(half_life, images_seen * cfg.ema_rampup)
+    return 0.5 ** (cfg.batch_size / half_life) if half_life > 0 else 0.0
 
 
 # ---------------------------------------------------------------------------------- data and folders
@@ -485,7 +548,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
     print(f"training {cfg.model} on {len(data)} images, {per_epoch} iterations/epoch, epochs "
           f"{count.epoch + 1}..{epochs} -> {run_dir}\n  {dev.describe(device, amp_dtype, channels_last)}")
     fixed_z = torch.randn(cfg.n_fixed, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
-    fixed_z, data, beta = fixed_z.to(device), data.to(device), ema_beta(cfg)
+    fixed_z, data = fixed_z.to(device), data.to(device)
     bar = tqdm(total=epochs * per_epoch, initial=count.iteration, disable=not progress, unit="it")
     start = time.perf_counter() - count.seconds
     with open(run_dir / runs.STATS, "a") as stats_file:
@@ -497,7 +560,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
                 if (count.iteration + 1) % cfg.n_dis == 0:
                     stats |= steps.g_step()
                     if G_ema is not None:
-                        ema_update(G_ema, G, beta)
+                        ema_update(G_ema, G, ema_beta(cfg, count.images))
                 count.iteration += 1
                 count.images += cfg.batch_size
                 meta = {"iteration": count.iteration, "epoch": epoch, "kimg": count.images / 1000,
@@ -538,12 +601,15 @@ _STAT_KEYS = ("loss_D", "loss_G", "D_x", "D_G_z1", "D_G_z2")
 
 
 def _rows(pending: list[tuple[dict[str, Any], dict[str, torch.Tensor]]]) -> list[dict[str, Any]]:
-    """History rows of one epoch; device values fetched in one transfer. A skipped G step -> None."""
+    """History rows of one epoch; device values fetched in one transfer. A stat missing on an
+    iteration (a skipped G step, a lazy regulariser not due) -> None. Family-specific stats (R1,
+    path length) follow the shared ones."""
     if not pending:
         return []
-    values = torch.stack([torch.stack([s.get(k, torch.tensor(float("nan"), device=s["loss_D"].device)).float()
-                                       for k in _STAT_KEYS]) for _, s in pending]).tolist()
-    return [{**meta, **{k: (None if math.isnan(v) else v) for k, v in zip(_STAT_KEYS, vals)}}
+    keys = list(dict.fromkeys([*_STAT_KEYS, *(k for _, s in pending for k in s)]))
+    nan = torch.tensor(float("nan"), device=pending[0][1]["loss_D"].device)
+    values = torch.stack([torch.stack([s.get(k, nan).float() for k in keys]) for _, s in pending]).tolist()
+    return [{**meta, **{k: (None if math.isnan(v) else v) for k, v in zip(keys, vals)}}
             for (meta, _), vals in zip(pending, values)]
 
 
@@ -572,8 +638,9 @@ def _finish(run_dir: Path, cfg: TrainConfig, G: nn.Module, history: list[dict[st
 
 
 def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", choices=list(PRESETS), default=None,
-                        help="starting point (default: the saved config when resuming, else TrainConfig defaults)")
+    parser.add_argument("--preset", default=None, metavar="NAME",
+                        help=f"starting point: {', '.join(PRESETS)} (with --model stylegan2 the prefix may be "
+                             "dropped; default: the saved config when resuming, else TrainConfig defaults)")
     parser.add_argument("--out", required=True, help="run folder, e.g. results/RUN")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
     parser.add_argument("--overwrite", action="store_true", help="delete an existing run in --out first")

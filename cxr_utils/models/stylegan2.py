@@ -611,7 +611,7 @@ def _frozen(module: nn.Module) -> Iterator[None]:
 class StyleGAN2Steps:
     """One StyleGAN2-ADA iteration split into D and G steps; owns the optimisers and regulariser state."""
 
-    def __init__(self, G: Generator, D: Discriminator, G_ema: Generator, augment: AdaptiveAugment | None,
+    def __init__(self, G: Generator, D: Discriminator, G_ema: Generator | None, augment: AdaptiveAugment | None,
                  cfg: Any = None) -> None:
         self.G, self.D, self.G_ema, self.augment = G, D, G_ema, augment
         self.cfg = StepConfig.from_any(cfg if cfg is not None else {})
@@ -620,7 +620,8 @@ class StyleGAN2Steps:
         self.D_opt = lazy_adam(D.parameters(), c.lr, c.betas, c.r1_interval if c.r1_gamma > 0 else None)
         self.pl_mean = torch.zeros([], device=self.device)
         self.nimg = 0
-        G_ema.requires_grad_(False).eval()
+        if G_ema is not None:  # None when the caller (the shared training loop) keeps the EMA itself
+            G_ema.requires_grad_(False).eval()
 
     @property
     def device(self) -> torch.device:
@@ -661,7 +662,8 @@ class StyleGAN2Steps:
             stats.update(aug_p=self.augment.aug_p.float().clone(), ada_rt=self.augment.last_rt.float().clone())
         real_logits, fake_logits = real_logits.detach().float(), fake_logits.detach().float()
         stats.update(loss_D=loss.detach(), D_real=real_logits.mean(), D_fake=fake_logits.mean(),
-                     D_real_sign=real_logits.sign().mean())
+                     D_real_sign=real_logits.sign().mean(), D_x=torch.sigmoid(real_logits).mean(),
+                     D_G_z1=torch.sigmoid(fake_logits).mean())
         if self.cfg.r1_gamma > 0 and step_idx % self.cfg.r1_interval == 0:
             stats["r1_penalty"] = self._r1_step(real, labels)
         self.nimg += n
@@ -683,11 +685,12 @@ class StyleGAN2Steps:
         with _frozen(self.D):
             with self._autocast():
                 fake, _ = self._generate(batch_size, labels, update_w_avg=True)
-                loss = g_nonsaturating_loss(self._run_D(fake, labels))
+                logits = self._run_D(fake, labels)
+                loss = g_nonsaturating_loss(logits)
             self.G_opt.zero_grad(set_to_none=True)
             loss.backward()
             self.G_opt.step()
-            stats = {"loss_G": loss.detach()}
+            stats = {"loss_G": loss.detach(), "D_G_z2": torch.sigmoid(logits.detach().float()).mean()}
             if self.cfg.pl_weight > 0 and step_idx % self.cfg.pl_interval == 0:
                 stats.update(self._pl_step(batch_size, labels))
         return stats
@@ -705,6 +708,8 @@ class StyleGAN2Steps:
     @torch.no_grad()
     def ema_update(self, batch_size: int) -> float:
         """G_ema <- lerp(G, G_ema, beta) with a half-life of ema_kimg (ramped up early); returns beta."""
+        if self.G_ema is None:
+            raise ConfigError("these steps keep no EMA generator (G_ema=None)")
         ema_nimg = self.cfg.ema_kimg * 1000
         if self.cfg.ema_rampup:
             ema_nimg = min(ema_nimg, self.nimg * self.cfg.ema_rampup)
@@ -717,7 +722,8 @@ class StyleGAN2Steps:
 
     def state_dict(self) -> dict[str, Any]:
         return {
-            "G": self.G.state_dict(), "D": self.D.state_dict(), "G_ema": self.G_ema.state_dict(),
+            "G": self.G.state_dict(), "D": self.D.state_dict(),
+            "G_ema": None if self.G_ema is None else self.G_ema.state_dict(),
             "G_opt": self.G_opt.state_dict(), "D_opt": self.D_opt.state_dict(),
             "augment": None if self.augment is None else self.augment.state_dict(),
             "pl_mean": self.pl_mean.clone(), "nimg": self.nimg,
@@ -726,7 +732,8 @@ class StyleGAN2Steps:
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         self.G.load_state_dict(state["G"])
         self.D.load_state_dict(state["D"])
-        self.G_ema.load_state_dict(state["G_ema"])
+        if self.G_ema is not None:
+            self.G_ema.load_state_dict(state["G_ema"])
         self.G_opt.load_state_dict(state["G_opt"])
         self.D_opt.load_state_dict(state["D_opt"])
         if self.augment is not None and state["augment"] is not None:
@@ -768,3 +775,72 @@ def build_training(preset: str | Mapping[str, Any], image_size: int, channels: i
     G_ema = copy.deepcopy(G)
     augment = build_augment(cfg).to(device)
     return StyleGAN2Steps(G, D, G_ema, augment, cfg)
+
+
+# --------------------------------------------------------------------------------------------------
+# The shared training loop's interface (cxr_utils.train): built from a TrainConfig
+# --------------------------------------------------------------------------------------------------
+
+def build_generator(cfg: Any) -> Generator:
+    """G for a ``train.TrainConfig`` with ``model="stylegan2"`` (widths from its ``sg2_arch`` preset)."""
+    arch = resolve_preset(cfg.sg2_arch)
+    return Generator(z_dim=cfg.latent_dim, w_dim=arch["w_dim"], image_size=cfg.image_size,
+                     channels=cfg.channels, mapping_layers=arch["mapping_layers"],
+                     channel_base=arch["channel_base"], channel_max=arch["channel_max"])
+
+
+def build_discriminator(cfg: Any) -> Discriminator:
+    arch = resolve_preset(cfg.sg2_arch)
+    return Discriminator(image_size=cfg.image_size, channels=cfg.channels, channel_base=arch["channel_base"],
+                         channel_max=arch["channel_max"], mbstd_group=arch["mbstd_group"])
+
+
+class Steps:
+    """``StyleGAN2Steps`` behind the interface of ``train.GANSteps``, so the shared loop trains StyleGAN2.
+
+    The loop owns the EMA generator (with ``ema_rampup``), the ADA module (this class only feeds it
+    through ``StyleGAN2Steps``, which calls ``augment.update``) and the counters; this class owns the
+    optimisers (lazy-regularisation corrected, G and D at their own learning rates) and the path-length
+    mean. Lazy R1 / path-length steps are scheduled by the iteration index, derived from images seen,
+    so they land on the same iterations after a resume.
+    """
+
+    def __init__(self, G: Generator, D: Discriminator, cfg: Any, device: torch.device,
+                 amp_dtype: torch.dtype | None, augment: AdaptiveAugment | None = None) -> None:
+        self.G, self.D, self.cfg, self.device = G, D, cfg, device
+        step_cfg = dict(lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), r1_gamma=cfg.r1_gamma,
+                        r1_interval=cfg.r1_interval, pl_weight=cfg.pl_weight, style_mixing_prob=cfg.style_mixing,
+                        precision="bf16" if amp_dtype == torch.bfloat16 else "fp32")
+        self.inner = StyleGAN2Steps(G, D, None, augment, step_cfg)
+        c = self.inner.cfg
+        self.inner.D_opt = lazy_adam(D.parameters(), cfg.lr_d, c.betas, c.r1_interval if c.r1_gamma > 0 else None)
+        self.opt_g, self.opt_d = self.inner.G_opt, self.inner.D_opt
+
+    def _iteration(self) -> int:
+        return self.inner.nimg // self.cfg.batch_size
+
+    def d_step(self, real: Tensor) -> dict[str, Tensor]:
+        self._last = (real.shape[0], self._iteration())
+        stats = self.inner.d_step(real, self._last[1])
+        return {k: v for k, v in stats.items() if k not in ("aug_p", "ada_rt")}  # the loop logs ADA itself
+
+    def g_step(self) -> dict[str, Tensor]:
+        n, idx = self._last
+        return self.inner.g_step(n, idx)
+
+    @torch.no_grad()
+    def render(self, G: nn.Module, z: Tensor) -> Tensor:
+        """Progress-grid images: constant noise inputs, so frames differ only by training."""
+        was_training = G.training
+        G.eval()
+        out = G(z, noise_mode="const").float()
+        G.train(was_training)
+        return out
+
+    def state_dict(self) -> dict[str, Any]:
+        state = self.inner.state_dict()
+        state.pop("augment")  # saved by the loop
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.inner.load_state_dict({**state, "augment": None})
