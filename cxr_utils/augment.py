@@ -23,10 +23,12 @@ anti-aliasing filters (cheaper; some aliasing when an image is shrunk).
 
 Adaptation (``mode="ada"``): ``update(real_logits)`` accumulates sign(D(real)); every ``interval``
 minibatches r_t = E[sign(D(real))] and p moves by sign(r_t - target) * images / (kimg * 1000), clamped
-to [0, p_max]. Unlike the official code p is capped (default 0.8): the ADA paper shows that
-augmentations start to leak into the generated images as p approaches 1, and ~0.8 is where the leaking
-begins for the bgc pipeline. ``mode="fixed"`` keeps p constant (r_t is still measured for logging).
-At p = 0 the pipeline returns its input unchanged (no resampling).
+to [0, p_max]. Under torchrun the signs are summed over all ranks before r_t is measured, so p stays
+identical on every rank (the random augmentation draws themselves need not be). Unlike the official
+code p is capped (default 0.8): the ADA paper shows that augmentations start to leak into the generated
+images as p approaches 1, and ~0.8 is where the leaking begins for the bgc pipeline. ``mode="fixed"``
+keeps p constant (r_t is still measured for logging). At p = 0 the pipeline returns its input unchanged
+(no resampling).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from . import distributed
 from .errors import ConfigError
 
 GEOMETRIC_OPS = ("xflip", "rotate90", "xint", "scale", "rotate", "aniso", "xfrac")
@@ -148,10 +151,17 @@ class AdaptiveAugment(nn.Module):
 
     @torch.no_grad()
     def update(self, real_logits: Tensor) -> None:
-        """Accumulate sign(D(real)); every ``interval`` calls, measure r_t and (ADA) adjust p."""
+        """Accumulate sign(D(real)); every ``interval`` calls, measure r_t and (ADA) adjust p.
+
+        Under torchrun each call sums the signs over every rank's reals (one small all-reduce), so the
+        accumulators, r_t and p are the same on every rank at every step, and a checkpoint taken by
+        rank 0 between two measurements resumes exactly on all ranks.
+        """
         signs = real_logits.detach().float().sign()
-        self.sign_sum += signs.sum().to(self.sign_sum)
-        self.sign_count += signs.numel()
+        batch = torch.stack([signs.sum(), signs.new_tensor(signs.numel())]).to(self.sign_sum)
+        batch = distributed.all_reduce_sum(batch)  # a no-op in one process
+        self.sign_sum += batch[0]
+        self.sign_count += batch[1]
         self.batches += 1
         if int(self.batches) < self.interval:
             return

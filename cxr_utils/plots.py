@@ -248,6 +248,27 @@ def training_scores(history: list[dict], path: str | Path | None = None) -> Figu
     return _finish(fig, path)
 
 
+def augment_probability(history: list[dict], path: str | Path | None = None, target: float | None = 0.6,
+                        title: str = "") -> Figure:
+    """ADA's augmentation probability p and its overfitting measure r_t = E[sign(D(real))] over kimg.
+
+    r_t is measured every few D steps; ADA raises p while r_t is above ``target`` and lowers it below."""
+    fig = _figure(9, 3.6)
+    ax = fig.subplots()
+    for key, label in (("augment_p", "p (augmentation probability)"), ("augment_rt", "r_t = E[sign(D(real))]")):
+        pts = [(r["kimg"], r[key]) for r in history if r.get(key) is not None and math.isfinite(r[key])]
+        if pts:
+            ax.plot(*zip(*pts), lw=1.2, label=label)
+    if target is not None:
+        ax.axhline(target, color="k", ls="--", lw=0.8, label=f"r_t target {target}")
+    ax.set_xlabel("kimg (real images shown / 1000)")
+    ax.set_ylim(-1.02, 1.02)
+    ax.set_title(("ADA: " + title) if title else "ADA augmentation probability and overfitting measure")
+    ax.legend(loc="best", fontsize=8)
+    ax.grid(alpha=0.3)
+    return _finish(fig, path)
+
+
 def epoch_grids(sample_dir: str | Path, epochs: list[int] | tuple[int, ...],
                 path: str | Path | None = None) -> Figure | None:
     """The fixed-noise sample grids ``epoch_NNN.png`` of ``epochs`` side by side (those that exist)."""

@@ -15,16 +15,33 @@ The answer must be trustworthy either way, so the design is a paired comparison 
 - no test image's MD5 may be in any generator's training set (``splits.assert_no_leak``), checked
   against the MD5 list stored next to each cached generator, so a stale cache cannot leak either.
 
-Two choices to keep in mind when reading results: classifiers train for the same number of *epochs*
-(with early stopping on validation AUC), so a condition with more training images also takes more
-optimiser steps -- with too few epochs that alone can look like a gain; and classic augmentation is
-used only in the ``real+classic`` condition, so each GAN condition is compared with the control, not
-stacked on it.
+Generators: ``generators`` names any preset of ``train.PRESETS`` -- a DCGAN (``lungcancer-dcgan``,
+``stable``, ...) or a StyleGAN2-ADA one (``stylegan2-cpu-small``, ``stylegan2-auto64``, ...); each is
+trained by the shared loop ``train.train``. Every generator of a study gets the same budget:
+``gan_epochs`` epochs over its class's images, or ``gan_kimg`` thousand images shown when that is set
+(a preset's own ``kimg``, as StyleGAN2 presets carry, is always replaced by the study's budget).
+``gan_batch_size`` applies to every preset (``None``: the preset's own batch size, e.g. 16 for
+``stylegan2-cpu-small``); ``gan_base`` is the DCGAN width only (StyleGAN2 widths come from the preset).
+
+Two choices to keep in mind when reading results:
+
+- **Equal epochs, not equal optimisation steps** (the default, ``clf_budget="epochs"``): every
+  classifier trains for up to ``clf_epochs`` epochs over *its own* training set (with early stopping
+  on validation AUC), so a condition with more training images also takes more gradient steps --
+  with every class augmented, ``real+<gan>x1`` takes twice as many steps as ``real`` at the same
+  fraction, ``x2`` three times as many. With too few epochs, the extra steps alone can look like a gain from the synthetic images.
+  ``clf_budget="steps"`` instead scales each cell's epochs by ``n_real / n_train`` (rounded to whole
+  epochs, at least 1), so every condition of a fraction takes about as many optimiser steps as
+  real-only; each cell records ``epochs_max``, ``epochs_run`` and ``optimizer_steps``.
+- Classic augmentation is used only in the ``real+classic`` condition, so each GAN condition is
+  compared with the control, not stacked on it.
 
 Everything is resumable: each (condition, fraction, seed) cell is one ``cells/<name>.json`` written
 atomically, and generators are ordinary ``train`` run folders under ``generators/``.
 
 ``python -m cxr_utils study --source phantom:2000 --out results/study [--backbone smallcnn] [--FIELD V]``
+(on a CPU shared with other jobs, prefix ``OMP_NUM_THREADS=1``: two threads per process on two busy
+cores made the classifier ~7x slower; benchmarks/README.md has a timed phantom run).
 """
 
 from __future__ import annotations
@@ -68,10 +85,15 @@ class StudyConfig:
     generators: tuple[str, ...] = C.option(("lungcancer-dcgan", "stable"), "train presets, one GAN per class")
     augment_classes: tuple[str, ...] | None = C.option(None, "classes that get synthetic images (None: all)")
     synthetic_only: bool = C.option(True, "also train on synthetic images only")
-    gan_epochs: int = C.option(25, "GAN training epochs")
-    gan_batch_size: int = C.option(64, "GAN batch size (capped at the class size)")
-    gan_base: int = C.option(64, "GAN width")
+    gan_epochs: int = C.option(25, "GAN training epochs (the budget of every generator preset)")
+    gan_kimg: float | None = C.option(None, "GAN budget in thousands of images shown; replaces gan_epochs "
+                                            "(None: gan_epochs, also for presets with their own kimg)")
+    gan_batch_size: int | None = C.option(64, "GAN batch size, capped at the class size (None: the preset's)")
+    gan_base: int = C.option(64, "DCGAN width (StyleGAN2 presets bring their own widths)")
     clf_epochs: int = C.option(20, "classifier maximum epochs")
+    clf_budget: Literal["epochs", "steps"] = C.option(
+        "epochs", "epochs: every condition trains clf_epochs epochs, so more images = more steps; "
+                  "steps: epochs scaled by n_real/n_train, about as many steps as real-only")
     clf_batch_size: int = C.option(32, "classifier batch size")
     clf_patience: int = C.option(5, "classifier early-stopping patience (0: none)")
     clf_lr: float = C.option(1e-3, "classifier learning rate")
@@ -89,8 +111,9 @@ class StudyConfig:
             (all(r > 0 for r in self.ratios), "ratios must be > 0"),
             (self.image_size >= 16 and self.image_size & (self.image_size - 1) == 0,
              "image_size must be a power of two >= 16"),
-            (min(self.gan_epochs, self.gan_batch_size, self.gan_base, self.clf_epochs,
+            (min(self.gan_epochs, self.gan_batch_size or 1, self.gan_base, self.clf_epochs,
                  self.clf_batch_size) >= 1, "epochs, batch sizes and gan_base must be >= 1"),
+            (self.gan_kimg is None or self.gan_kimg > 0, "gan_kimg must be > 0 (or None)"),
             (self.n_boot >= 100, "n_boot must be >= 100 for a 95% interval"),
         ]
         for ok, message in rules:
@@ -174,7 +197,8 @@ def _check_out_dir(cfg: StudyConfig, out: Path) -> None:
     saved_path = out / "study_config.json"
     given = C.to_dict(cfg)
     if saved_path.exists():
-        saved = json.loads(saved_path.read_text())
+        # a field added after the folder was written counts as its default (what those cells used)
+        saved = C.to_dict(StudyConfig()) | json.loads(saved_path.read_text())
         changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in given.items()
                    if k not in EXTENDING_FIELDS and saved.get(k) != v]
         if changed:
@@ -250,8 +274,10 @@ class _Study:
         if len(idx) < 2:
             raise DataError(f"class {self.ds.class_names[cls]!r} has {len(idx)} training image(s) at "
                             f"fraction {fraction:g}; a GAN needs at least 2")
+        batch_size = self.cfg.gan_batch_size or T.PRESETS[preset].get("batch_size", T.TrainConfig.batch_size)
+        # kimg is always set: None replaces a preset's own kimg, so gan_epochs is every preset's budget
         cfg = T.make_config(preset, image_size=self.cfg.image_size, channels=1, epochs=self.cfg.gan_epochs,
-                            batch_size=min(self.cfg.gan_batch_size, len(idx)), base=self.cfg.gan_base,
+                            kimg=self.cfg.gan_kimg, batch_size=min(batch_size, len(idx)), base=self.cfg.gan_base,
                             seed=seed, device=self.cfg.device, n_fixed=16,
                             checkpoint_every=self.cfg.gan_epochs, sample_every=self.cfg.gan_epochs)
         resume = (run_dir / runs.STATE).exists()
@@ -278,15 +304,32 @@ class _Study:
 # ----------------------------------------------------------------------------------------- cells
 
 
-def _classifier_config(cfg: StudyConfig, seed: int, augment: str) -> classify.ClassifierConfig:
+def _classifier_config(cfg: StudyConfig, seed: int, augment: str, epochs: int) -> classify.ClassifierConfig:
     return classify.ClassifierConfig(
-        backbone=cfg.backbone, pretrained=cfg.pretrained, epochs=cfg.clf_epochs,
+        backbone=cfg.backbone, pretrained=cfg.pretrained, epochs=epochs,
         batch_size=cfg.clf_batch_size, patience=cfg.clf_patience, lr=cfg.clf_lr, augment=augment,
         image_size=cfg.image_size, seed=seed, device=cfg.device)
 
 
 def _fingerprint(md5s: list[str]) -> str:
     return hashlib.md5("".join(md5s).encode()).hexdigest()
+
+
+def classifier_epochs(cfg: StudyConfig, n_real: int, n_train: int) -> int:
+    """Maximum epochs of a cell with ``n_train`` training images, ``n_real`` of them real (see clf_budget).
+
+    ``epochs``: ``clf_epochs`` for every cell. ``steps``: ``clf_epochs * n_real / n_train`` rounded to a
+    whole number (at least 1), so a cell with k times real-only's images takes about as many steps.
+    """
+    if cfg.clf_budget == "epochs" or n_train <= 0:
+        return cfg.clf_epochs
+    return max(1, round(cfg.clf_epochs * n_real / n_train))
+
+
+def steps_per_epoch(n: int, batch_size: int) -> int:
+    """Optimiser steps of one epoch of ``classify.train_classifier`` (a lone last image is skipped)."""
+    rest = n % batch_size
+    return n // batch_size + (1 if rest >= 2 or n == rest == 1 else 0)
 
 
 def run_cell(study: _Study, cell: Cell) -> dict[str, Any]:
@@ -305,9 +348,10 @@ def run_cell(study: _Study, cell: Cell) -> dict[str, Any]:
     else:
         x_train, y_train = x_real, y_real
     augment = "classic" if cell.kind == "classic" else "none"
+    epochs = classifier_epochs(cfg, len(y_real), len(y_train))
     model, history = classify.train_classifier(
-        _classifier_config(cfg, cell.seed, augment), x_train, y_train, ds.images[sp.val], study.y[sp.val],
-        progress=False, num_classes=study.k)
+        _classifier_config(cfg, cell.seed, augment, epochs), x_train, y_train, ds.images[sp.val],
+        study.y[sp.val], progress=False, num_classes=study.k)
     metrics = classify.evaluate_classifier(model, ds.images[sp.test], study.y[sp.test], n_boot=cfg.n_boot,
                                            seed=cell.seed)
     scores = classify.predict_scores(model, ds.images[sp.test])
@@ -315,6 +359,8 @@ def run_cell(study: _Study, cell: Cell) -> dict[str, Any]:
             "n_train_real": 0 if cell.kind == "synthetic" else int(len(y_real)),
             "n_train_synthetic": int(len(y_train) - (0 if cell.kind == "synthetic" else len(y_real))),
             "best_epoch": history["best_epoch"], "train_seconds": history["train_seconds"],
+            "clf_budget": cfg.clf_budget, "epochs_max": epochs, "epochs_run": len(history["epochs"]),
+            "optimizer_steps": len(history["epochs"]) * steps_per_epoch(len(y_train), cfg.clf_batch_size),
             "test_labels": study.y[sp.test].tolist(), "test_scores": np.asarray(scores).tolist(),
             "test_fingerprint": _fingerprint(study.test_md5s(cell.seed)),
             "class_names": list(ds.class_names)}
@@ -394,7 +440,9 @@ def results_table(cells: list[dict[str, Any]], n_boot: int) -> pd.DataFrame:
         m = c["metrics"]
         row: dict[str, Any] = {k: c[k] for k in ("condition", "kind", "generator", "ratio", "fraction",
                                                  "seed", "n_train_real", "n_train_synthetic")}
-        row |= {"backbone": m["backbone"], "weights": m["weights"], "n_test": m["n"]}
+        row |= {"backbone": m["backbone"], "weights": m["weights"], "n_test": m["n"],
+                "epochs_run": c.get("epochs_run", float("nan")),
+                "optimizer_steps": c.get("optimizer_steps", float("nan"))}
         for name in _METRICS:
             for suffix in ("", "_ci_low", "_ci_high"):
                 row[name + suffix] = m.get(name + suffix, float("nan"))
@@ -573,7 +621,8 @@ def analyze(cfg: StudyConfig) -> StudyReport:
     lines = verdict(summary, weights_label, cfg.backbone)
     header = (f"Synthetic-augmentation study: {cfg.backbone}, weights: {weights_label}; source {cfg.source}, "
               f"{cfg.image_size}px, seeds {list(cfg.seeds)}, n_test per seed "
-              f"{sorted({c['metrics']['n'] for c in cells})}, {cfg.n_boot} bootstrap resamples")
+              f"{sorted({c['metrics']['n'] for c in cells})}, {cfg.n_boot} bootstrap resamples; classifiers "
+              f"get equal {'epochs (more images = more steps)' if cfg.clf_budget == 'epochs' else 'optimiser steps'}")
     paths = {"results_csv": out / "results.csv", "summary_csv": out / "summary.csv",
              "table_md": out / "results.md", "table_html": out / "results.html",
              "plot": out / "auc_vs_fraction.png", "verdict": out / "verdict.txt"}

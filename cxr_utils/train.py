@@ -13,12 +13,27 @@ before D's update), ``D_G_z2`` (the same fakes in the G step, after it) -- D out
 named as in pytorch/examples -- and with augmentation ``augment_p`` and ``augment_rt`` (ADA's r_t).
 With ``n_dis > 1`` the G columns are empty on iterations without a G step.
 
+Data parallel: launched by ``torchrun --nproc_per_node=K -m cxr_utils train ...`` the same loop runs in
+K processes (NCCL on CUDA, each process on ``cuda:LOCAL_RANK``; gloo on CPU). ``batch_size`` stays the
+global batch: every process uses the same seeded permutation and takes its contiguous 1/K of each batch,
+draws the latents of the whole batch from the same RNG state and keeps its own share, and the gradients
+are averaged over processes before every optimiser step (``distributed.average_gradients``; the networks
+are not wrapped in ``DistributedDataParallel``, whose double-backward support StyleGAN2's lazy
+regularisers would need). So K processes compute what one process does, except BatchNorm: its batch
+statistics are per process (over batch_size / K images) unless ``sync_batchnorm`` converts G and D to
+``SyncBatchNorm`` (CUDA only; on CPU it is a ConfigError). Initial weights are identical (same seed, then
+rank 0's broadcast), every global RNG stays identical across processes, and the logged stats are
+averaged over processes once per epoch. Only rank 0 writes the run folder (options, history, grids,
+checkpoints, figures) and prints; every rank resumes from the checkpoint rank 0 wrote, which must be
+readable by every process (a shared file system when several nodes train).
+
 ``python -m cxr_utils train --preset lungcancer-dcgan --out results/RUN [--resume] [--FIELD VALUE ...]``
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import csv
 import dataclasses
@@ -41,7 +56,7 @@ from tqdm.auto import tqdm
 
 from . import config as C
 from . import device as dev
-from . import runs
+from . import distributed, runs
 from .errors import ConfigError, RunError
 from .models import MODELS, build_discriminator, build_generator, family
 from .models.stylegan2 import STYLEGAN2_PRESETS
@@ -59,7 +74,7 @@ class TrainConfig:
     channels: int = C.option(3, "1 = grayscale, 3 = grayscale replicated to RGB (the references)")
     latent_dim: int = C.option(128, "size of the latent vector z")
     base: int = C.option(64, "network width: channels of the highest-resolution layer")
-    batch_size: int = C.option(128, "images per D step")
+    batch_size: int = C.option(128, "images per D step (the global batch: split over torchrun's processes)")
     epochs: int = C.option(25, "passes over the data set")
     kimg: float | None = C.option(None, "budget in thousands of real images shown; overrides epochs (rounded up)")
     lr_g: float = C.option(2e-4, "generator Adam learning rate")
@@ -85,7 +100,7 @@ class TrainConfig:
     pl_weight: float = C.option(0.0, "path-length regularisation weight (StyleGAN2); 0 = off")
     style_mixing: float = C.option(0.0, "style-mixing probability (StyleGAN2)")
     n_dis: int = C.option(1, "D steps per G step")
-    sync_batchnorm: bool = C.option(False, "under torchrun: BatchNorm statistics over all processes (CUDA)")
+    sync_batchnorm: bool = C.option(False, "under torchrun: BatchNorm statistics over all processes (CUDA only)")
     seed: int = C.option(0, "seeds weights, latents, data order and augmentation (not the data itself)")
     precision: Literal["auto", "fp32", "bf16"] = C.option("auto", "auto: bf16 autocast where measured faster")
     channels_last: bool | Literal["auto"] = C.option("auto", "channels-last memory format (auto: where faster)")
@@ -245,7 +260,13 @@ class GANSteps:
     As in the reference, the G step reuses the fakes of the preceding D step (now scored by the updated
     D). Stats come back as detached 0-dim tensors, so the loop never waits on the device per iteration.
     Logits leave autocast before any loss, so losses are always fp32.
+
+    Under torchrun ``real`` is this process's share of the global batch; the latents are drawn for the
+    whole global batch and sliced the same way (``rank_aware``), and gradients are averaged over the
+    processes before each optimiser step.
     """
+
+    rank_aware = True  # draws its latents per global batch; other families get a private RNG per rank
 
     def __init__(self, G: nn.Module, D: nn.Module, cfg: TrainConfig, device: torch.device,
                  amp_dtype: torch.dtype | None, augment: Any = None):
@@ -258,12 +279,20 @@ class GANSteps:
         self.opt_g = torch.optim.Adam(G.parameters(), lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2))
         self.opt_d = torch.optim.Adam(D.parameters(), lr=cfg.lr_d, betas=(cfg.beta1, cfg.beta2))
         self._fake: torch.Tensor | None = None
+        self.dist = distributed.info()
 
     def autocast(self):
         return dev.autocast(self.device, self.amp_dtype)
 
+    def latents(self, n: int) -> torch.Tensor:
+        """z for this process's ``n`` samples: the whole global batch's latents, drawn from the same RNG
+        state on every process (so exactly what one process would draw), sliced like the real batch."""
+        k, rank = self.dist.world_size, self.dist.rank
+        z = torch.randn(n * k, self.G.latent_dim, device=self.device)
+        return z[distributed.batch_slice(n * k, rank, k)] if k > 1 else z
+
     def d_step(self, real: torch.Tensor) -> dict[str, torch.Tensor]:
-        z = torch.randn(real.shape[0], self.G.latent_dim, device=self.device)
+        z = self.latents(real.shape[0])
         with self.autocast():
             self._fake = self.g_forward(z)
             real_logits = self.d_forward(self.augment(real)).float()
@@ -271,6 +300,7 @@ class GANSteps:
         loss = d_loss(self.cfg.loss, real_logits, fake_logits, self.cfg.label_smoothing)
         self.opt_d.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.D)
         self.opt_d.step()
         if self.measures_reals:
             self.augment.update(real_logits.detach())
@@ -285,6 +315,7 @@ class GANSteps:
         loss = g_loss(self.cfg.loss, logits)
         self.opt_g.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.G)
         self.opt_g.step()
         self.D.requires_grad_(True)
         return {"loss_G": loss.detach(), "D_G_z2": torch.sigmoid(logits.detach()).mean()}
@@ -394,19 +425,29 @@ def open_run_dir(run_dir: Path, cfg: TrainConfig, resume: bool, overwrite: bool)
     (run_dir / runs.SAMPLES).mkdir(parents=True, exist_ok=True)
 
 
-def _rng_state() -> dict[str, Any]:
+def _own_cuda_device(device: torch.device | None) -> bool:
+    """Under torchrun on CUDA each process touches only its own GPU's RNG (not every GPU's)."""
+    return device is not None and device.type == "cuda" and distributed.info().enabled
+
+
+def _rng_state(device: torch.device | None = None) -> dict[str, Any]:
     """Every global RNG, in types that load with ``torch.load(weights_only=True)``."""
     kind, keys, pos, has_gauss, gauss = np.random.get_state()
-    return {"torch": torch.get_rng_state(),
-            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    cuda: list[torch.Tensor] = []
+    if torch.cuda.is_available():
+        cuda = [torch.cuda.get_rng_state(device)] if _own_cuda_device(device) else torch.cuda.get_rng_state_all()
+    return {"torch": torch.get_rng_state(), "cuda": cuda,
             "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, gauss],
             "python": random.getstate()}
 
 
-def _set_rng_state(state: dict[str, Any]) -> None:
+def _set_rng_state(state: dict[str, Any], device: torch.device | None = None) -> None:
     torch.set_rng_state(state["torch"])
     if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+        if _own_cuda_device(device):
+            torch.cuda.set_rng_state(state["cuda"][0], device)  # every rank's stream is rank 0's
+        else:
+            torch.cuda.set_rng_state_all(state["cuda"])
     kind, keys, pos, has_gauss, gauss = state["numpy"]
     np.random.set_state((kind, keys.numpy().astype(np.uint32), pos, has_gauss, gauss))
     random.setstate(state["python"])
@@ -494,7 +535,8 @@ class _Parts:
         return {"steps": self.steps.state_dict(),
                 "G_ema": self.G_ema.state_dict() if self.G_ema is not None else None,
                 "augment": self.augment.state_dict() if self.augment is not None else None,
-                "order": self.order.get_state(), "rng": _rng_state(), "counters": dataclasses.asdict(self.count)}
+                "order": self.order.get_state(), "rng": _rng_state(self.steps.device),
+                "counters": dataclasses.asdict(self.count)}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.steps.load_state_dict(state["steps"])
@@ -503,36 +545,88 @@ class _Parts:
         if self.augment is not None:
             self.augment.load_state_dict(state["augment"])
         self.order.set_state(state["order"])
-        _set_rng_state(state["rng"])
+        _set_rng_state(state["rng"], self.steps.device)
         self.count = _Counters(**state["counters"])
 
 
+def _check_world(cfg: TrainConfig, world: distributed.DistInfo, device: torch.device) -> None:
+    """What a torchrun launch with ``world.world_size`` processes needs from the config."""
+    if cfg.batch_size % world.world_size:
+        raise ConfigError(f"batch_size {cfg.batch_size} (the global batch) is not divisible by the "
+                          f"{world.world_size} processes torchrun started")
+    if cfg.sync_batchnorm and world.enabled and device.type != "cuda":
+        raise ConfigError("sync_batchnorm needs CUDA (torch's SyncBatchNorm has no CPU implementation); "
+                          "drop --sync-batchnorm to keep per-process BatchNorm statistics on CPU")
+
+
 def _build(cfg: TrainConfig, device: torch.device, amp_dtype: torch.dtype | None, fmt: torch.memory_format) -> _Parts:
-    """Seeded models, optimisers, EMA copy and augmentation, placed on ``device``."""
+    """Seeded models, optimisers, EMA copy and augmentation, placed on ``device``.
+
+    Under torchrun every process builds the same weights (same seed; rank 0's are broadcast as well),
+    G and D get SyncBatchNorm when ``sync_batchnorm`` is set (the EMA copy keeps plain BatchNorm), and
+    the step object is built with this process's share of the batch.
+    """
+    world = distributed.info()
     _seed_everything(cfg.seed)
     G = build_generator(cfg).to(device, memory_format=fmt).train()
     D = build_discriminator(cfg).to(device, memory_format=fmt).train()
+    distributed.broadcast_module(G)
+    distributed.broadcast_module(D)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False) if cfg.ema_kimg > 0 else None
+    if cfg.sync_batchnorm and world.enabled:
+        G, D = nn.SyncBatchNorm.convert_sync_batchnorm(G), nn.SyncBatchNorm.convert_sync_batchnorm(D)
     augment = get_augment(cfg)
     augment = augment.to(device) if augment is not None else None
-    steps = getattr(family(cfg.model), "Steps", GANSteps)(G, D, cfg, device, amp_dtype, augment)
+    step_cfg = dataclasses.replace(cfg, batch_size=cfg.batch_size // world.world_size) if world.enabled else cfg
+    steps = getattr(family(cfg.model), "Steps", GANSteps)(G, D, step_cfg, device, amp_dtype, augment)
     return _Parts(steps, G_ema, augment, torch.Generator().manual_seed(cfg.seed), _Counters())
+
+
+@contextlib.contextmanager
+def _private_rng(steps: Any, cfg: TrainConfig, iteration: int, phase: int) -> Any:
+    """Under torchrun, run a step of a family whose steps draw their own latents (not ``rank_aware``)
+    from a random stream of this process's own, seeded by (seed, iteration, rank), so the processes'
+    fakes differ; the global RNG, identical on every process and checkpointed, is left as it was. A
+    no-op in one process and for ``GANSteps``."""
+    world = distributed.info()
+    if not world.enabled or getattr(steps, "rank_aware", False):
+        yield
+        return
+    device = steps.device
+    seed = ((cfg.seed * 1_000_003 + iteration) * 4 + phase) * world.world_size + world.rank
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.default_generator.manual_seed(seed)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(seed)
+        yield
 
 
 def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = None, resume: bool = False,
           overwrite: bool = False, progress: bool = True) -> RunResult:
-    """Train ``cfg.model`` into the run folder ``out_dir`` (see the module docstring)."""
+    """Train ``cfg.model`` into the run folder ``out_dir`` (see the module docstring).
+
+    Under torchrun every process calls this with the same arguments (the launcher does that for the
+    CLI); each returns a RunResult, but only rank 0 writes the run folder.
+    """
     cfg.validate()
     run_dir = project_path(out_dir)
-    open_run_dir(run_dir, cfg, resume, overwrite)
     device = dev.pick_device(cfg.device)
+    world = distributed.init(device)
+    if world.enabled and device.type == "cuda":
+        device = torch.device("cuda", world.local_rank)
+    _check_world(cfg, world, device)
+    main = world.is_main
+    distributed.run_on_main(lambda: open_run_dir(run_dir, cfg, resume, overwrite))
     amp_dtype = dev.resolve_precision(cfg.precision, device)
     channels_last = dev.resolve_channels_last(cfg.channels_last, device, amp_dtype)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     dev.enable_fast_math(device)
-    data = training_images(cfg, images, progress)
+    data = distributed.main_first(lambda: training_images(cfg, images, progress and main))  # rank 0 fills the cache
     fingerprint = _fingerprint(data)
+    if not distributed.same_on_all_ranks(fingerprint):
+        raise ConfigError("the processes were given different training images")
     per_epoch = len(data) // cfg.batch_size
+    local = distributed.batch_slice(cfg.batch_size, world.rank, world.world_size)
     epochs = math.ceil(cfg.kimg * 1000 / (per_epoch * cfg.batch_size)) if cfg.kimg else cfg.epochs
     parts = _build(cfg, device, amp_dtype, fmt)
     steps, G, G_ema, augment, count = parts.steps, parts.steps.G, parts.G_ema, parts.augment, parts.count
@@ -541,24 +635,35 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
         state = torch.load(run_dir / runs.STATE, map_location=device, weights_only=True)
         if state["data"] != fingerprint:
             raise RunError(f"cannot resume {run_dir}: the training images differ from the saved run's")
+        saved_world = state.get("world_size", 1)
+        if saved_world != world.world_size and not getattr(steps, "rank_aware", False):
+            raise ConfigError(f"cannot resume this {cfg.model} run with {world.world_size} processes: it was "
+                              f"trained with {saved_world} (its step counters are per process)")
         parts.load_state_dict(state)
         count, history = parts.count, read_history(run_dir, state["history_len"])
-        _write_history(run_dir, history)
-    C.save_json(cfg, run_dir / runs.OPTIONS)
-    print(f"training {cfg.model} on {len(data)} images, {per_epoch} iterations/epoch, epochs "
-          f"{count.epoch + 1}..{epochs} -> {run_dir}\n  {dev.describe(device, amp_dtype, channels_last)}")
+        distributed.barrier()  # every process has read the history before rank 0 rewrites it
+        if main:
+            _write_history(run_dir, history)
+    if main:
+        C.save_json(cfg, run_dir / runs.OPTIONS)
+        processes = f", {world.world_size} processes ({world.backend})" if world.enabled else ""
+        print(f"training {cfg.model} on {len(data)} images, {per_epoch} iterations/epoch, epochs "
+              f"{count.epoch + 1}..{epochs} -> {run_dir}\n  {dev.describe(device, amp_dtype, channels_last)}"
+              f"{processes}")
     fixed_z = torch.randn(cfg.n_fixed, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
     fixed_z, data = fixed_z.to(device), data.to(device)
-    bar = tqdm(total=epochs * per_epoch, initial=count.iteration, disable=not progress, unit="it")
+    bar = tqdm(total=epochs * per_epoch, initial=count.iteration, disable=not (progress and main), unit="it")
     start = time.perf_counter() - count.seconds
-    with open(run_dir / runs.STATS, "a") as stats_file:
+    with open(run_dir / runs.STATS, "a") if main else contextlib.nullcontext() as stats_file:
         for epoch in range(count.epoch + 1, epochs + 1):
             perm = torch.randperm(len(data), generator=parts.order).to(device)
             pending = []
             for batch in perm[: per_epoch * cfg.batch_size].view(per_epoch, cfg.batch_size):
-                stats = steps.d_step(data[batch].contiguous(memory_format=fmt))
+                with _private_rng(steps, cfg, count.iteration, 0):
+                    stats = steps.d_step(data[batch[local]].contiguous(memory_format=fmt))
                 if (count.iteration + 1) % cfg.n_dis == 0:
-                    stats |= steps.g_step()
+                    with _private_rng(steps, cfg, count.iteration, 1):
+                        stats |= steps.g_step()
                     if G_ema is not None:
                         ema_update(G_ema, G, ema_beta(cfg, count.images))
                 count.iteration += 1
@@ -570,27 +675,35 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
                     meta["augment_rt"] = None if math.isnan(augment.r_t) else augment.r_t
                 pending.append((meta, stats))
                 bar.update()
-                if count.iteration % 10 == 0 or count.iteration == 1:
+                if main and (count.iteration % 10 == 0 or count.iteration == 1):
                     bar.set_postfix({k: f"{v.item():.3f}" for k, v in stats.items()}, refresh=False)
             rows = _rows(pending)
-            stats_file.writelines(json.dumps(r) + "\n" for r in rows)
-            stats_file.flush()
+            if main:
+                stats_file.writelines(json.dumps(r) + "\n" for r in rows)
+                stats_file.flush()
             history += rows
             count.epoch, count.seconds = epoch, time.perf_counter() - start
             if epoch % cfg.sample_every == 0 or epoch in cfg.grid_epochs or epoch == epochs:
-                _save_grid(steps.render(G_ema if G_ema is not None else G, fixed_z),
-                           run_dir / runs.SAMPLES / f"epoch_{epoch:03d}.png")
+                # rendered on every process: with SyncBatchNorm the forward is a collective
+                grid = steps.render(G_ema if G_ema is not None else G, fixed_z)
+                if main:
+                    _save_grid(grid, run_dir / runs.SAMPLES / f"epoch_{epoch:03d}.png")
             if epoch % cfg.checkpoint_every == 0 or epoch == epochs:
-                os.fsync(stats_file.fileno())  # the rows a checkpoint counts must outlive a crash
-                _checkpoint(run_dir, cfg, parts, len(history), fingerprint)
-                _write_csv(run_dir, history)
+                if main:
+                    os.fsync(stats_file.fileno())  # the rows a checkpoint counts must outlive a crash
+                    _checkpoint(run_dir, cfg, parts, len(history), fingerprint)
+                    _write_csv(run_dir, history)
+                distributed.barrier()  # nobody runs ahead of (or resumes from) a half-written checkpoint
     bar.close()
-    return _finish(run_dir, cfg, G_ema if G_ema is not None else G, history, count)
+    result = _finish(run_dir, cfg, G_ema if G_ema is not None else G, history, count, write=main)
+    distributed.barrier()  # when train() returns on any process, the run folder is complete
+    return result
 
 
 def _checkpoint(run_dir: Path, cfg: TrainConfig, parts: _Parts, history_len: int, fingerprint: str) -> None:
     """The resumable state, then the inference weights; each file replaced atomically."""
-    state = {**parts.state_dict(), "history_len": history_len, "data": fingerprint, "config": C.to_dict(cfg)}
+    state = {**parts.state_dict(), "history_len": history_len, "data": fingerprint, "config": C.to_dict(cfg),
+             "world_size": distributed.info().world_size}
     runs.atomic_save(state, run_dir / runs.STATE)
     kimg = parts.count.images / 1000
     payload = runs.network_payload(cfg, parts.steps.G, parts.G_ema, kimg, parts.count.epoch)
@@ -603,19 +716,24 @@ _STAT_KEYS = ("loss_D", "loss_G", "D_x", "D_G_z1", "D_G_z2")
 def _rows(pending: list[tuple[dict[str, Any], dict[str, torch.Tensor]]]) -> list[dict[str, Any]]:
     """History rows of one epoch; device values fetched in one transfer. A stat missing on an
     iteration (a skipped G step, a lazy regulariser not due) -> None. Family-specific stats (R1,
-    path length) follow the shared ones."""
+    path length) follow the shared ones. Under torchrun the values are averaged over the processes
+    (one all-reduce per epoch); they are means over equal shares, so this gives the global batch's."""
     if not pending:
         return []
     keys = list(dict.fromkeys([*_STAT_KEYS, *(k for _, s in pending for k in s)]))
     nan = torch.tensor(float("nan"), device=pending[0][1]["loss_D"].device)
-    values = torch.stack([torch.stack([s.get(k, nan).float() for k in keys]) for _, s in pending]).tolist()
+    values = torch.stack([torch.stack([s.get(k, nan).float() for k in keys]) for _, s in pending])
+    values = distributed.all_reduce_mean(values).tolist()
     return [{**meta, **{k: (None if math.isnan(v) else v) for k, v in zip(keys, vals)}}
             for (meta, _), vals in zip(pending, values)]
 
 
 def _finish(run_dir: Path, cfg: TrainConfig, G: nn.Module, history: list[dict[str, Any]],
-            count: _Counters) -> RunResult:
-    """Final weights, history.csv and the figures; also run when a resumed run had nothing left to do."""
+            count: _Counters, write: bool = True) -> RunResult:
+    """Final weights, history.csv and the figures (when ``write``: rank 0 under torchrun); also run
+    when a resumed run had nothing left to do."""
+    if not write:
+        return RunResult(run_dir, cfg, G.eval(), history, count.epoch, count.images / 1000, count.seconds)
     from . import plots
 
     payload = torch.load(run_dir / runs.NETWORK_SNAPSHOT, map_location="cpu", weights_only=True)
@@ -624,6 +742,8 @@ def _finish(run_dir: Path, cfg: TrainConfig, G: nn.Module, history: list[dict[st
     if history:
         plots.training_losses(history, run_dir / "losses.png")
         plots.training_scores(history, run_dir / "scores.png")
+        if any(r.get("augment_p") is not None for r in history):
+            plots.augment_probability(history, run_dir / "augment.png", cfg.ada_target if cfg.augment == "ada" else None)
     frames = sorted((run_dir / runs.SAMPLES).glob("epoch_*.png"))
     if frames:
         plots.save_progress_gif(frames, run_dir / "progress.gif")
@@ -659,5 +779,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 
 def cli_run(args: argparse.Namespace) -> int:
     cfg = config_from_args(args)
-    train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    try:
+        train(cfg, args.out, resume=args.resume, overwrite=args.overwrite, progress=not args.no_progress)
+    finally:
+        distributed.cleanup()  # under torchrun: leave the process group cleanly
     return 0

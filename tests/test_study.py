@@ -46,6 +46,17 @@ def test_end_to_end_writes_tables_plot_and_verdict(finished):
     assert (results.loc[results["condition"].str.startswith("synthetic"), "n_train_real"] == 0).all()
 
 
+def test_equal_epochs_give_mixed_cells_more_steps(finished):
+    """The default budget is equal epochs: real + 1x synthetic takes about twice real-only's steps."""
+    cfg, report = finished
+    r = report.results.set_index(["condition", "seed"])
+    for seed in cfg.seeds:
+        real, mixed = r.loc[("real", seed)], r.loc[("real+lungcancer-dcganx1", seed)]
+        assert real["epochs_run"] == mixed["epochs_run"] == cfg.clf_epochs
+        assert mixed["optimizer_steps"] > 1.5 * real["optimizer_steps"]
+    assert "equal epochs" in report.paths["verdict"].read_text()
+
+
 def test_paired_delta_matches_classify(finished):
     cfg, report = finished
     cell = json.loads((study.project_path(cfg.out) / "cells" / "real+classic__f1__s1.json").read_text())
@@ -119,6 +130,57 @@ def test_generator_killed_before_its_checkpoint_is_retrained(finished, tmp_path)
     study.run_cells(study.make_study_config(**TINY, out=str(out)), progress=False)
     assert cell.is_file() and (gen / "network-final.pt").is_file()
     assert json.loads((gen / "train_md5s.json").read_text())
+
+
+def test_folder_from_before_a_new_field_still_resumes(finished, tmp_path, monkeypatch):
+    """A study_config.json without a later field counts as that field's default, not as a change."""
+    cfg, _ = finished
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(study.project_path(cfg.out), out)
+    saved = json.loads((out / "study_config.json").read_text())
+    for name in ("clf_budget", "gan_kimg"):
+        del saved[name]
+    (out / "study_config.json").write_text(json.dumps(saved))
+    monkeypatch.setattr(classify, "train_classifier", _fail)
+    monkeypatch.setattr(gan_train, "train", _fail)
+    study.run_cells(study.make_study_config(**TINY, out=str(out)), progress=False)
+    with pytest.raises(ConfigError, match="clf_budget"):
+        study.run_cells(study.make_study_config(**TINY, clf_budget="steps", out=str(out)), progress=False)
+
+
+def test_classifier_budget_in_epochs_or_steps():
+    cfg = study.make_study_config(clf_epochs=20)
+    assert [study.classifier_epochs(cfg, 100, n) for n in (100, 200, 300)] == [20, 20, 20]
+    cfg = study.make_study_config(clf_epochs=20, clf_budget="steps")
+    assert [study.classifier_epochs(cfg, 100, n) for n in (100, 150, 200, 300, 10_000)] == [20, 13, 10, 7, 1]
+    # as classify._train_epoch batches: a lone last image is skipped (BatchNorm needs two)
+    assert [study.steps_per_epoch(n, 32) for n in (1, 2, 32, 33, 34, 64)] == [1, 1, 1, 1, 2, 2]
+    with pytest.raises(ConfigError, match="clf_budget"):
+        study.make_study_config(clf_budget="minutes")
+
+
+def test_study_with_a_stylegan2_generator_and_equal_steps(tmp_path):
+    """A StyleGAN2-ADA preset works as a study generator (tiny budget); equal-steps cells stay level."""
+    preset = "stylegan2-cpu-small"
+    cfg = study.make_study_config(**dict(TINY, generators=(preset,), gan_kimg=0.016, gan_batch_size=None,
+                                         augment_classes=("nodule",), synthetic_only=False, clf_epochs=4,
+                                         clf_budget="steps"), out=str(tmp_path))
+    report = study.run_study(cfg, progress=False)
+    r = report.results.set_index(["condition", "seed"])
+    assert set(report.results["condition"]) == {"real", "real+classic", f"real+{preset}x1"}
+    gen_dirs = sorted((tmp_path / "generators").iterdir())
+    assert [d.name.split("__")[1] for d in gen_dirs] == ["nodule"] * 3  # only the augmented class
+    options = json.loads((gen_dirs[0] / "training_options.json").read_text())
+    assert (options["model"], options["batch_size"], options["channels"]) == ("stylegan2", 16, 1)
+    assert options["kimg"] == 0.016  # the study's budget, not the preset's own 10 kimg
+    for seed in cfg.seeds:
+        real, mixed = r.loc[("real", seed)], r.loc[(f"real+{preset}x1", seed)]
+        n_mixed = mixed["n_train_real"] + mixed["n_train_synthetic"]
+        assert mixed["n_train_synthetic"] > 0 and real["epochs_run"] == 4
+        assert mixed["epochs_run"] == study.classifier_epochs(cfg, real["n_train_real"], n_mixed) < 4
+        assert 0.75 < mixed["optimizer_steps"] / real["optimizer_steps"] < 1.25
 
 
 def test_crash_mid_cell_leaves_no_partial_file(tmp_path, monkeypatch):

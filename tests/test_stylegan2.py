@@ -2,6 +2,7 @@
 
 import copy
 import io
+import json
 import math
 
 import pytest
@@ -359,3 +360,93 @@ def test_state_dict_round_trip_restores_p_ema_and_training():
     assert results[0][1] == results[1][1]
     for a, b in zip(results[0][0].values(), results[1][0].values()):
         assert torch.equal(a, b)
+
+
+# ------------------------------------------------------------------------- through the shared loop
+
+
+def _loop_cfg(**overrides):
+    from cxr_utils import train
+
+    small = dict(sg2_arch="tiny", image_size=32, latent_dim=16, batch_size=8, epochs=2, precision="fp32",
+                 checkpoint_every=1, n_fixed=8, grid_epochs=(1,), r1_interval=2, ada_interval=1,
+                 ada_kimg=0.05, ada_target=0.1, ema_kimg=0.05)
+    return train.make_config("stylegan2-cpu-small", **{**small, **overrides})
+
+
+@pytest.fixture(scope="module")
+def loop_images():
+    from cxr_utils import phantom
+    from cxr_utils.data import from_uint8
+
+    ph = phantom.generate(32, 64, seed=0)
+    return F.avg_pool2d(from_uint8(torch.from_numpy(ph.images))[:, None], 2).repeat(1, 3, 1, 1)
+
+
+def test_model_and_short_preset_names_resolve_to_stylegan2_presets():
+    from cxr_utils import train
+
+    assert train.make_config(model="stylegan2").sg2_arch == "cpu-small"
+    cfg = train.make_config("cpu-small", model="stylegan2")
+    assert cfg == train.make_config("stylegan2-cpu-small")
+    assert (cfg.lr_g, cfg.beta1, cfg.beta2, cfg.loss, cfg.augment) == (0.0025, 0.0, 0.99, "ns", "ada")
+    assert cfg.r1_gamma == sg.STYLEGAN2_PRESETS["cpu-small"]["r1_gamma"]
+    with pytest.raises(ConfigError, match="loss='ns'"):
+        train.make_config("stylegan2-cpu-small", loss="hinge")
+    with pytest.raises(ConfigError, match="sg2_arch"):
+        train.make_config("stylegan2-cpu-small", sg2_arch="huge")
+
+
+def test_loop_trains_stylegan2_logs_ada_and_resumes_exactly(tmp_path, loop_images):
+    """An interrupted and resumed run equals a straight one bit for bit: weights, EMA, optimisers,
+    ADA's p (which moved), history rows; R1 and ADA statistics are in the history."""
+    from cxr_utils import runs, train, widgets
+
+    straight = train.train(_loop_cfg(), tmp_path / "straight", images=loop_images, progress=False)
+    train.train(_loop_cfg(epochs=1), tmp_path / "cut", images=loop_images, progress=False)
+    train.train(_loop_cfg(), tmp_path / "cut", images=loop_images, resume=True, progress=False)
+    a = torch.load(tmp_path / "straight" / runs.STATE, weights_only=True)
+    b = torch.load(tmp_path / "cut" / runs.STATE, weights_only=True)
+    for part in ("steps", "G_ema", "augment"):
+        assert _flatten(a[part]) == _flatten(b[part]), part
+    assert float(a["augment"]["aug_p"]) > 0  # p really moved, so restoring it was tested
+    rows = straight.history
+    strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h]  # noqa: E731
+    assert strip(rows) == strip(train.read_history(tmp_path / "cut"))
+    assert rows[0]["r1_penalty"] is not None and rows[1]["r1_penalty"] is None  # lazy: every 2nd step
+    assert all(r["augment_p"] is not None and r["loss_G"] is not None for r in rows)
+    assert (tmp_path / "straight" / "augment.png").exists()
+    cfg, G = runs.load_run(tmp_path / "straight")
+    assert cfg.model == "stylegan2" and isinstance(G, sg.Generator)
+    assert torch.equal(G.synthesis.state_dict()[next(iter(G.synthesis.state_dict()))],
+                       straight.G.synthesis.state_dict()[next(iter(G.synthesis.state_dict()))])
+    assert runs.sample(G, 4, seed=0).shape == (4, 3, 32, 32)
+    assert widgets.latent_space(G).kind == "w"
+
+
+def _flatten(state, prefix=""):
+    """Nested state -> {path: bytes or value}, for exact comparison."""
+    out = {}
+    if isinstance(state, dict):
+        for k, v in state.items():
+            out |= _flatten(v, f"{prefix}.{k}")
+    elif isinstance(state, (list, tuple)):
+        for i, v in enumerate(state):
+            out |= _flatten(v, f"{prefix}[{i}]")
+    elif isinstance(state, torch.Tensor):
+        out[prefix] = (state.dtype, tuple(state.shape), state.cpu().numpy().tobytes())
+    else:
+        out[prefix] = state
+    return out
+
+
+def test_train_cli_with_model_stylegan2(tmp_path, monkeypatch):
+    from cxr_utils import cli, runs
+
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(["train", "--model", "stylegan2", "--preset", "cpu-small", "--source", "phantom:16",
+                     "--image-size", "64", "--sg2-arch", "tiny", "--latent-dim", "16", "--batch-size", "8",
+                     "--kimg", "0.016", "--n-fixed", "4", "--precision", "fp32", "--out", "run", "--no-progress"])
+    assert code == 0
+    saved = json.loads((tmp_path / "run" / runs.OPTIONS).read_text())
+    assert saved["model"] == "stylegan2" and saved["kimg"] == 0.016 and saved["sg2_arch"] == "tiny"

@@ -57,6 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import distributed
 from ..augment import AdaptiveAugment
 from ..errors import ConfigError
 
@@ -109,6 +110,13 @@ STYLEGAN2_PRESETS: dict[str, dict[str, Any]] = {
         batch_size=16, lr=0.0025, betas=(0.0, 0.99), r1_gamma=0.0512, r1_interval=16,
         pl_weight=0.0, pl_interval=4, ema_kimg=5.0, ema_rampup=0.05, style_mixing_prob=0.9,
         augment="bgc", ada_target=0.6, ada_interval=4, ada_kimg=20, ada_p_max=0.8,
+    ),
+    # Smoke tests and notebook test copies only: widths of 16, seconds per kimg.
+    "tiny": dict(
+        z_dim=16, w_dim=16, mapping_layers=1, channel_base=256, channel_max=16, mbstd_group=4,
+        batch_size=8, lr=0.0025, betas=(0.0, 0.99), r1_gamma=0.05, r1_interval=4,
+        pl_weight=0.0, pl_interval=4, ema_kimg=0.05, ema_rampup=0.05, style_mixing_prob=0.9,
+        augment="bgc", ada_target=0.6, ada_interval=1, ada_kimg=0.5, ada_p_max=0.8,
     ),
 }
 
@@ -656,6 +664,7 @@ class StyleGAN2Steps:
         loss = d_logistic_loss(real_logits, fake_logits)
         self.D_opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.D)
         self.D_opt.step()
         if self.augment is not None:
             self.augment.update(real_logits)
@@ -675,6 +684,7 @@ class StyleGAN2Steps:
         loss = penalty.mean() * (self.cfg.r1_gamma / 2) * self.cfg.r1_interval
         self.D_opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.D)
         self.D_opt.step()
         return penalty.detach().mean()
 
@@ -689,6 +699,7 @@ class StyleGAN2Steps:
                 loss = g_nonsaturating_loss(logits)
             self.G_opt.zero_grad(set_to_none=True)
             loss.backward()
+            distributed.average_gradients(self.G)
             self.G_opt.step()
             stats = {"loss_G": loss.detach(), "D_G_z2": torch.sigmoid(logits.detach().float()).mean()}
             if self.cfg.pl_weight > 0 and step_idx % self.cfg.pl_interval == 0:
@@ -702,6 +713,7 @@ class StyleGAN2Steps:
         loss = penalty.mean() * self.cfg.pl_weight * self.cfg.pl_interval
         self.G_opt.zero_grad(set_to_none=True)
         loss.backward()
+        distributed.average_gradients(self.G)
         self.G_opt.step()
         return {"pl_penalty": penalty.detach().mean(), "pl_mean": self.pl_mean.clone()}
 

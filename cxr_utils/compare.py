@@ -1,0 +1,353 @@
+"""Head-to-head comparison of generator recipes on the same images and budget (notebook 03).
+
+Every contender trains through the shared loop (``train.train``) on the same training images, in
+segments: after each milestone of the image budget (in kimg) the run is resumed to the next one, and
+the EMA generator is scored against held-out real images with ``evaluate.evaluate``. That gives the
+metrics *over training* (the trend that says where a slower model would overtake), at an equal
+image budget. For an equal wall-time comparison, contenders that reach the budget faster are then
+trained on until their training time matches the slowest contender's (the kimg this needs is
+computed from each contender's measured speed, so it is approximate; the achieved seconds are
+reported next to it).
+
+Rows (one per contender and milestone) are appended to ``rows.jsonl`` in the output folder as they are
+measured; a re-run skips measured milestones and resumes the training runs, so an interrupted
+comparison loses at most the segment in progress.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from . import config as C
+from . import evaluate, runs, train
+from .errors import ConfigError
+from .paths import project_path
+
+# name -> (train preset, overrides): the references, the stabilised DCGAN, StyleGAN2-ADA and its ablation.
+DEFAULT_CONTENDERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "DCGAN lungcancer-dcgan": ("lungcancer-dcgan", {}),
+    "DCGAN stable": ("stable", {}),
+    "StyleGAN2-ADA": ("stylegan2-cpu-small", {}),
+    "StyleGAN2 no ADA": ("stylegan2-cpu-small", {"augment": "none"}),
+}
+
+METRICS = ("fid", "fid_baseline", "kid", "swd", "precision", "recall", "msssim", "msssim_real",
+           "copy_rate", "mode_collapse")
+
+
+@dataclass
+class CompareConfig:
+    """What is compared, on which images, for how long."""
+
+    source: str = C.option("phantom:2400", "data source (data.load); a held-out part is never trained on")
+    image_size: int = C.option(64, "square image size")
+    holdout_fraction: float = C.option(0.2, "share of the source kept apart as the real reference")
+    kimg: float = C.option(4.0, "equal image budget per contender, thousands of real images shown")
+    milestones: int = C.option(4, "evaluations over training, evenly spaced in kimg")
+    equal_wall_time: bool = C.option(True, "also train faster contenders to the slowest one's wall time")
+    contenders: tuple[str, ...] = C.option(tuple(DEFAULT_CONTENDERS), "names from DEFAULT_CONTENDERS")
+    n_eval: int = C.option(500, "generated images scored at each milestone (capped real sets too)")
+    seed: int = C.option(0, "training and evaluation seed")
+    extractors: tuple[str, ...] = C.option(("offline",), "feature extractors for FID/KID/PR")
+    train_overrides: dict[str, Any] = field(default_factory=dict)  # applied to every contender (e.g. base)
+
+    def validate(self) -> None:
+        unknown = [c for c in self.contenders if c not in DEFAULT_CONTENDERS]
+        if unknown:
+            raise ConfigError(f"unknown contender(s) {unknown}; choose from {', '.join(DEFAULT_CONTENDERS)}")
+        if not self.contenders:
+            raise ConfigError("contenders: give at least one")
+        if self.kimg <= 0 or self.milestones < 1 or self.n_eval < 8:
+            raise ConfigError("kimg must be > 0, milestones >= 1 and n_eval >= 8")
+        if not 0 < self.holdout_fraction < 1:
+            raise ConfigError("holdout_fraction must be in (0, 1)")
+
+
+def slug(name: str) -> str:
+    return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
+
+
+def split_images(images: torch.Tensor, holdout_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) by a seeded permutation; every contender trains on exactly ``train``."""
+    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
+    n_hold = max(2, int(round(len(images) * holdout_fraction)))
+    if len(images) - n_hold < 16:
+        raise ConfigError(f"{len(images)} images leave too few to train on after holding out {n_hold}")
+    return images[order[n_hold:].sort().values], images[order[:n_hold].sort().values]
+
+
+def milestone_kimg(kimg: float, milestones: int, n_train: int, batch: int) -> list[float]:
+    """Evaluation points in kimg at whole epochs (the loop trains whole epochs), evenly spread, no repeats.
+
+    The last one is the budget rounded up to a whole epoch, as ``train`` rounds it."""
+    per_epoch = (n_train // batch) * batch
+    epochs = math.ceil(kimg * 1000 / per_epoch - 1e-9)
+    points = sorted({max(1, round(epochs * (i + 1) / milestones)) for i in range(milestones)})
+    return [e * per_epoch / 1000 for e in points]
+
+
+def contender_config(cfg: CompareConfig, name: str, kimg: float, n_train: int) -> train.TrainConfig:
+    """The contender's preset at this comparison's size, seed and budget. A preset batch larger than half
+    the training set (the DCGAN references' 128 on a 100-image set) is cut to the largest power of two
+    that fits twice; the row records the batch used."""
+    preset, overrides = DEFAULT_CONTENDERS[name]
+    tcfg = train.make_config(preset, **{"image_size": cfg.image_size, "seed": cfg.seed, **overrides,
+                                        **cfg.train_overrides, "kimg": kimg})
+    if tcfg.batch_size > n_train // 2:
+        tcfg = C.apply_overrides(tcfg, batch_size=2 ** int(math.log2(max(n_train // 2, 1))))
+    return tcfg
+
+
+def _summary(m: Mapping[str, Any], extractor: str) -> dict[str, Any]:
+    """The comparison's columns out of an ``evaluate.evaluate`` result."""
+    fid, kid, pr = m["fid"][extractor], m["kid"][extractor], m["precision_recall"][extractor]
+    mem = m["memorisation"].get(extractor, m["memorisation"]["pixel"])
+    return {"fid": fid.get("value"), "fid_baseline": fid.get("real_baseline"), "kid": kid.get("value"),
+            "swd": m["swd"]["mean"], "precision": pr.get("precision"), "recall": pr.get("recall"),
+            "msssim": m["diversity"]["generated"], "msssim_real": m["diversity"]["real"],
+            "copy_rate": mem["copy_rate"], "mode_collapse": bool(m["diversity"]["mode_collapse"])}
+
+
+def _read_rows(path: Path) -> list[dict[str, Any]]:
+    if not path.exists():
+        return []
+    rows = []
+    for line in path.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a torn last line after a crash
+            break
+    return rows
+
+
+@dataclass
+class Comparison:
+    """Everything measured: one row per (contender, milestone), plus the images it was measured on."""
+
+    config: CompareConfig
+    rows: list[dict[str, Any]]
+    out_dir: Path
+    train_images: torch.Tensor
+    holdout_images: torch.Tensor
+
+    def table(self):
+        import pandas as pd
+
+        return pd.DataFrame(self.rows)
+
+    def final(self, budget: str = "image") -> dict[str, dict[str, Any]]:
+        """Per contender, the row at the equal image budget (``"image"``) or at equal wall time (``"wall"``)."""
+        picked: dict[str, dict[str, Any]] = {}
+        for r in self.rows:  # the last image-budget milestone (fewer than asked when epochs are few)
+            if r["budget"] == "image" and r["milestone"] >= picked.get(r["contender"], {}).get("milestone", 0):
+                picked[r["contender"]] = r
+        if budget == "wall":
+            for r in self.rows:
+                if r["budget"] == "wall":
+                    picked[r["contender"]] = r
+        return picked
+
+    def generator(self, name: str) -> torch.nn.Module:
+        return runs.load_run(self.out_dir / slug(name))[1]
+
+
+def run(cfg: CompareConfig, out_dir: str | Path, images: torch.Tensor | None = None,
+        progress: bool = True) -> Comparison:
+    """Train and score every contender (see the module docstring); resumable."""
+    cfg.validate()
+    out = project_path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    saved = out / "compare_options.json"
+    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(C.to_dict(cfg))):
+        raise ConfigError(f"{out} holds a comparison with other settings; use a new folder or delete it")
+    C.save_json(cfg, saved)
+    if images is None:
+        from .data import load
+
+        images = load(cfg.source, image_size=cfg.image_size, channels=3, progress=progress).images
+    real_train, real_hold = split_images(images.float(), cfg.holdout_fraction, cfg.seed)
+    ref_train = real_train[torch.randperm(len(real_train), generator=torch.Generator().manual_seed(cfg.seed))
+                           [: cfg.n_eval]]
+    rows_path = out / "rows.jsonl"
+    rows = _read_rows(rows_path)
+    done = {(r["contender"], r["budget"], r["milestone"]) for r in rows}
+
+    def measure(name: str, budget: str, milestone: int, kimg: float) -> None:
+        if (name, budget, milestone) in done:
+            return
+        run_dir = out / slug(name)
+        tcfg = contender_config(cfg, name, kimg, len(real_train))
+        resume = (run_dir / runs.STATE).exists()
+        result = train.train(tcfg, run_dir, images=real_train, resume=resume, overwrite=not resume,
+                             progress=progress)
+        fake = runs.sample(result.G, cfg.n_eval, seed=cfg.seed + 1)
+        m = evaluate.evaluate(ref_train, real_hold, fake, extractors=cfg.extractors, seed=cfg.seed,
+                              progress=False, kid_subset_size=min(1000, len(real_hold), cfg.n_eval))
+        row = {"contender": name, "preset": DEFAULT_CONTENDERS[name][0], "budget": budget,
+               "milestone": milestone, "kimg": round(result.kimg, 3), "batch": tcfg.batch_size,
+               "train_s": round(result.seconds, 1),
+               "img_per_s": round(result.kimg * 1000 / max(result.seconds, 1e-9), 1),
+               **_summary(m, cfg.extractors[0])}
+        if result.history and result.history[-1].get("augment_p") is not None:
+            row["augment_p"] = result.history[-1]["augment_p"]
+        rows.append(row)
+        with open(rows_path, "a") as f:
+            f.write(json.dumps(row) + "\n")
+
+    for name in cfg.contenders:
+        batch = contender_config(cfg, name, cfg.kimg, len(real_train)).batch_size
+        for i, kimg in enumerate(milestone_kimg(cfg.kimg, cfg.milestones, len(real_train), batch), start=1):
+            measure(name, "image", i, kimg)
+    if cfg.equal_wall_time and len(cfg.contenders) > 1:
+        final = Comparison(cfg, rows, out, real_train, real_hold).final("image")
+        wall = max(r["train_s"] for r in final.values())
+        for name in cfg.contenders:
+            r = final[name]
+            if r["train_s"] < 0.8 * wall:  # within 20 %: already an equal-time point
+                measure(name, "wall", r["milestone"] + 1, wall * r["img_per_s"] / 1000)
+    return Comparison(cfg, rows, out, real_train, real_hold)
+
+
+# ---------------------------------------------------------------------------------------------- verdict
+
+
+def _trend(rows: list[dict[str, Any]], name: str, key: str = "fid") -> float:
+    """Change of ``key`` per kimg over the last two image-budget milestones (NaN with fewer)."""
+    pts = sorted((r["kimg"], r[key]) for r in rows if r["contender"] == name and r["budget"] == "image"
+                 and r[key] is not None)
+    if len(pts) < 2:
+        return float("nan")
+    (k0, v0), (k1, v1) = pts[-2], pts[-1]
+    return (v1 - v0) / (k1 - k0) if k1 > k0 else float("nan")
+
+
+def verdict(comp: Comparison) -> str:
+    """Plain-language conclusions computed from the measured rows (nothing here is written in advance)."""
+    lines = []
+    for budget, label in (("image", "equal image budget"), ("wall", "equal wall time")):
+        final = comp.final(budget)
+        if budget == "wall" and not any(r["budget"] == "wall" for r in comp.rows):
+            continue
+        if not final:
+            continue
+        ranked = sorted(final.items(), key=lambda kv: kv[1]["fid"])
+        best, rb = ranked[0]
+        parts = [f"{n} {r['fid']:.2f} at {r['kimg']:.1f} kimg, {r['train_s']:.0f} s" for n, r in ranked]
+        lines.append(f"At {label}, offline FID (lower is better; real-vs-held-out baseline "
+                     f"{rb['fid_baseline']:.2f}): " + "; ".join(parts) + f". Best: {best}.")
+        collapsed = [n for n, r in final.items() if r["mode_collapse"]]
+        if collapsed:
+            lines.append(f"  Mode collapse flagged (MS-SSIM above real + margin) for: {', '.join(collapsed)}.")
+        copying = [f"{n} ({r['copy_rate']:.1%})" for n, r in final.items() if r["copy_rate"] > 0.05]
+        if copying:
+            lines.append(f"  Copy rate above 5 % (near-duplicates of training images): {', '.join(copying)}.")
+        pr = max(final.items(), key=lambda kv: (kv[1]["precision"] or 0) + (kv[1]["recall"] or 0))
+        lines.append(f"  Highest precision + recall: {pr[0]} (precision {pr[1]['precision']:.2f}, "
+                     f"recall {pr[1]['recall']:.2f}).")
+    image = comp.final("image")
+    ada, no_ada = image.get("StyleGAN2-ADA"), image.get("StyleGAN2 no ADA")
+    if ada and no_ada:
+        better = "helped" if ada["fid"] < no_ada["fid"] else "did not help"
+        lines.append(f"ADA {better} StyleGAN2 at {ada['kimg']:.1f} kimg: FID {ada['fid']:.2f} with ADA "
+                     f"(final p = {ada.get('augment_p', float('nan')):.3f}) vs {no_ada['fid']:.2f} without.")
+    sg2 = [n for n in image if DEFAULT_CONTENDERS[n][0].startswith("stylegan2")]
+    dc = [n for n in image if not DEFAULT_CONTENDERS[n][0].startswith("stylegan2")]
+    if sg2 and dc:
+        s = min(sg2, key=lambda n: image[n]["fid"])
+        d = min(dc, key=lambda n: image[n]["fid"])
+        gap = image[s]["fid"] - image[d]["fid"]
+        slope_s, slope_d = _trend(comp.rows, s), _trend(comp.rows, d)
+        if gap <= 0:
+            lines.append(f"{s} beats the best DCGAN ({d}) by {-gap:.2f} FID at the equal image budget.")
+        else:
+            msg = (f"{s} trails the best DCGAN ({d}) by {gap:.2f} FID at the equal image budget; over the "
+                   f"last milestones its FID changed by {slope_s:+.2f} per kimg, the DCGAN's by {slope_d:+.2f}.")
+            closing = slope_d - slope_s
+            if math.isfinite(closing) and closing > 0:
+                msg += (f" If both trends held (a linear extrapolation, not a promise), the gap would close "
+                        f"after about {gap / closing:.1f} more kimg.")
+            else:
+                msg += " At these trends the gap is not closing."
+            lines.append(msg)
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- figures
+
+
+def plot_metrics(comp: Comparison, x: str = "kimg", path: str | Path | None = None):
+    """Metrics over training (``x`` = "kimg" or "train_s"), one line per contender; dashed = real baseline."""
+    from .plots import _figure, _finish
+
+    panels = [("fid", "offline FID (lower better)"), ("precision", "precision"), ("recall", "recall"),
+              ("msssim", "MS-SSIM diversity (lower = more diverse)"), ("copy_rate", "copy rate")]
+    fig = _figure(4.2 * len(panels), 3.8)
+    axes = fig.subplots(1, len(panels))
+    for name in comp.config.contenders:
+        pts = sorted((r[x], r) for r in comp.rows if r["contender"] == name)
+        if not pts:
+            continue
+        xs = [p[0] for p in pts]
+        for ax, (key, _) in zip(axes, panels):
+            ax.plot(xs, [p[1][key] for p in pts], marker="o", label=name)
+    real = [r for r in comp.rows if r["fid_baseline"] is not None]
+    if real:
+        axes[0].axhline(float(np.median([r["fid_baseline"] for r in real])), color="k", ls="--", lw=0.8,
+                        label="real vs held-out")
+        axes[3].axhline(float(np.median([r["msssim_real"] for r in real])), color="k", ls="--", lw=0.8,
+                        label="real")
+    for ax, (key, title) in zip(axes, panels):
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("kimg (real images shown / 1000)" if x == "kimg" else "training time (s)")
+        if x == "train_s":
+            ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    return _finish(fig, path)
+
+
+def plot_samples(comp: Comparison, n: int = 16, path: str | Path | None = None):
+    """Real training images, then each contender's final samples, as grids side by side."""
+    from .plots import _figure, _finish, _show, image_grid
+
+    panels = [("real (training)", comp.train_images[:n])]
+    for name in comp.config.contenders:
+        if (comp.out_dir / slug(name) / runs.NETWORK_FINAL).exists():
+            panels.append((name, runs.sample(comp.generator(name), n, seed=comp.config.seed + 2)))
+    fig = _figure(3.6 * len(panels), 3.9)
+    for ax, (title, imgs) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
+        _show(ax, image_grid(imgs.mean(1, keepdim=True), nrow=int(math.sqrt(n))))
+        ax.set_title(title, fontsize=10)
+    return _finish(fig, path)
+
+
+def config_dict(cfg: CompareConfig) -> dict[str, Any]:
+    return dataclasses.asdict(cfg)
+
+
+def make_config(**overrides: Any) -> CompareConfig:
+    """CompareConfig defaults plus overrides (Python values or strings), type-checked."""
+    return C.apply_overrides(CompareConfig(), overrides)
+
+
+def format_table(comp: Comparison, columns: Sequence[str] = ("contender", "budget", "kimg", "train_s", "fid",
+                                                             "fid_baseline", "precision", "recall",
+                                                             "msssim", "msssim_real", "copy_rate")) -> str:
+    """The rows as a Markdown table (what benchmarks/README.md quotes)."""
+    head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
+    body = []
+    for r in comp.rows:
+        cells = []
+        for c in columns:
+            v = r.get(c)
+            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
+        body.append("| " + " | ".join(cells) + " |")
+    return "\n".join([head, *body])

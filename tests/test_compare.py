@@ -1,0 +1,111 @@
+"""Notebook 03's comparison engine: same split for every contender, resumable rows, computed verdict."""
+
+import json
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cxr_utils import compare, phantom
+from cxr_utils.data import from_uint8
+from cxr_utils.errors import ConfigError
+
+TINY = {"base": 8, "sg2_arch": "tiny", "latent_dim": 16, "n_fixed": 4, "precision": "fp32"}
+
+
+def _row(name, milestone, kimg, fid, budget="image", train_s=10.0, **kw):
+    base = dict(contender=name, preset=compare.DEFAULT_CONTENDERS[name][0], budget=budget, milestone=milestone,
+                kimg=kimg, batch=16, train_s=train_s, img_per_s=kimg * 1000 / train_s, fid=fid,
+                fid_baseline=1.0, kid=0.0, swd=0.0, precision=0.5, recall=0.5, msssim=0.3, msssim_real=0.3,
+                copy_rate=0.0, mode_collapse=False)
+    return {**base, **kw}
+
+
+def _comparison(rows, milestones=2):
+    cfg = compare.make_config(milestones=milestones, equal_wall_time=False)
+    empty = torch.zeros(0, 3, 8, 8)
+    return compare.Comparison(cfg, rows, compare.project_path("results"), empty, empty)
+
+
+def test_split_is_disjoint_deterministic_and_complete():
+    images = torch.arange(50, dtype=torch.float32).view(50, 1, 1, 1)
+    train, hold = compare.split_images(images, 0.2, seed=3)
+    again, _ = compare.split_images(images, 0.2, seed=3)
+    assert torch.equal(train, again) and len(hold) == 10 and len(train) == 40
+    assert sorted(torch.cat([train, hold]).flatten().tolist()) == list(range(50))
+    with pytest.raises(ConfigError, match="too few"):
+        compare.split_images(images[:12], 0.2)
+
+
+def test_config_rejects_unknown_contenders_and_bad_budgets():
+    with pytest.raises(ConfigError, match="unknown contender"):
+        compare.make_config(contenders=["GPT"])
+    with pytest.raises(ConfigError):
+        compare.make_config(kimg=0)
+    with pytest.raises(ConfigError):
+        compare.make_config(kimg="lots")
+
+
+def test_milestones_fall_on_whole_epochs_without_repeats():
+    assert compare.milestone_kimg(4.0, 4, 1920, 128) == [1.92, 3.84, 5.76]  # 3 epochs cannot make 4 points
+    assert compare.milestone_kimg(5.76, 3, 1920, 16) == [1.92, 3.84, 5.76]
+    assert compare.milestone_kimg(2.0, 2, 80, 16) == [0.96, 2.0]  # 25 epochs of 80 images
+
+
+def test_batch_is_cut_to_fit_a_small_training_set():
+    cfg = compare.make_config()
+    assert compare.contender_config(cfg, "DCGAN lungcancer-dcgan", 1.0, 2000).batch_size == 128
+    assert compare.contender_config(cfg, "DCGAN lungcancer-dcgan", 1.0, 80).batch_size == 32
+    sg2 = compare.contender_config(cfg, "StyleGAN2 no ADA", 1.0, 80)
+    assert sg2.model == "stylegan2" and sg2.augment == "none" and sg2.batch_size == 16
+
+
+def test_verdict_follows_the_numbers():
+    """The same code names a different winner and the opposite ADA finding when the numbers flip."""
+    names = list(compare.DEFAULT_CONTENDERS)
+    fids = {names[0]: (300.0, 280.0), names[1]: (40.0, 30.0), names[2]: (60.0, 45.0), names[3]: (70.0, 65.0)}
+    rows = [_row(n, m + 1, (m + 1) * 2.0, f[m]) for n, f in fids.items() for m in range(2)]
+    text = compare.verdict(_comparison(rows))
+    assert "Best: DCGAN stable" in text and "ADA helped" in text
+    assert "StyleGAN2-ADA trails the best DCGAN (DCGAN stable) by 15.00 FID" in text
+    # FID per kimg: StyleGAN2-ADA -7.5, DCGAN stable -5 -> the gap closes at 2.5 per kimg: 6 more kimg
+    assert "after about 6.0 more kimg" in text
+    flipped = [dict(r, fid=200.0 - r["fid"]) if r["contender"] != names[0] else r for r in rows]
+    text = compare.verdict(_comparison(flipped))
+    assert "Best: StyleGAN2 no ADA" in text and "ADA did not help" in text
+    assert "beats the best DCGAN" in text
+
+
+def test_verdict_flags_collapse_and_copying():
+    names = list(compare.DEFAULT_CONTENDERS)
+    rows = [_row(names[0], 1, 2.0, 300.0, mode_collapse=True), _row(names[1], 1, 2.0, 40.0, copy_rate=0.2)]
+    text = compare.verdict(_comparison(rows, milestones=1))
+    assert "Mode collapse flagged" in text and names[0] in text
+    assert "Copy rate above 5 %" in text and "DCGAN stable (20.0%)" in text
+
+
+def test_tiny_comparison_runs_resumes_and_guards_its_folder(tmp_path):
+    ph = phantom.generate(40, 64, seed=0)  # 32 px: the phantom renders >= 64, so pool it
+    images = F.avg_pool2d(from_uint8(torch.from_numpy(ph.images))[:, None], 2).repeat(1, 3, 1, 1)
+    cfg = compare.make_config(source="phantom:40", image_size=32, kimg=0.064, milestones=2, n_eval=16,
+                              contenders=["DCGAN stable", "StyleGAN2-ADA"], train_overrides=TINY)
+    comp = compare.run(cfg, tmp_path / "cmp", images=images, progress=False)
+    image_rows = [r for r in comp.rows if r["budget"] == "image"]
+    assert [(r["contender"], r["milestone"]) for r in image_rows] == [
+        ("DCGAN stable", 1), ("DCGAN stable", 2), ("StyleGAN2-ADA", 1), ("StyleGAN2-ADA", 2)]
+    assert all(r["fid"] is not None and r["fid_baseline"] is not None for r in comp.rows)
+    assert image_rows[1]["kimg"] > image_rows[0]["kimg"]  # the second milestone resumed the same run
+    # the faster contender gets an equal-wall-time point unless both took about as long
+    walls = [r for r in comp.rows if r["budget"] == "wall"]
+    assert all(r["train_s"] >= 0 for r in walls)
+    lines = (tmp_path / "cmp" / "rows.jsonl").read_text().splitlines()
+    again = compare.run(cfg, tmp_path / "cmp", images=images, progress=False)  # everything measured: nothing re-run
+    assert (tmp_path / "cmp" / "rows.jsonl").read_text().splitlines() == lines and len(again.rows) == len(lines)
+    assert json.loads(lines[0])["contender"] == "DCGAN stable"
+    text = compare.verdict(again)
+    assert "equal image budget" in text
+    fig = compare.plot_samples(again, n=4)
+    assert len(fig.axes) == 3
+    with pytest.raises(ConfigError, match="other settings"):
+        compare.run(compare.make_config(**{**compare.config_dict(cfg), "kimg": 0.096}), tmp_path / "cmp",
+                    images=images, progress=False)
