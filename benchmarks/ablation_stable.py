@@ -48,8 +48,10 @@ def main() -> None:
                                 batch_size=args.batch_size, grid_epochs=(args.epochs,), **(overrides or {}))
         run_dir = args.out / name.replace(" ", "_").replace("/", "-").replace("(", "").replace(")", "")
         t0 = time.perf_counter()
-        result = train.train(cfg, run_dir, overwrite=True, progress=False)
-        seconds = time.perf_counter() - t0
+        # An interrupted ablation resumes its runs (bit-identical to uninterrupted ones).
+        resume = (run_dir / runs.STATE).exists()
+        result = train.train(cfg, run_dir, resume=resume, overwrite=not resume, progress=False)
+        seconds = result.seconds if resume else time.perf_counter() - t0
         fake = runs.sample(result.G, args.n_eval, seed=1).mean(1, keepdim=True)
         m = evaluate.evaluate(ref[: args.n_eval], ref[args.n_eval:], fake, progress=False)
         (run_dir / "ablation_metrics.json").write_text(json.dumps(m, indent=1, default=str))

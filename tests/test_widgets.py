@@ -372,3 +372,20 @@ def test_real_stylegan2_generator_explores_w_space(tmp_path):
     before = bytes(ex.image.value)
     ex.crossover.value = 1
     assert bytes(ex.image.value) != before
+
+
+def test_explorer_for_a_stylegan2_run_folder_has_truncation_and_mixing(tmp_path):
+    """Notebook 05 on a StyleGAN2 run: the run's config rebuilds the generator, explored in W."""
+    runs = pytest.importorskip("cxr_utils.runs")
+    train = pytest.importorskip("cxr_utils.train")
+    from cxr_utils.models import build_generator
+
+    cfg = train.make_config("stylegan2-cpu-small", sg2_arch="tiny", image_size=16, latent_dim=8, channels=1)
+    torch.manual_seed(0)
+    G = build_generator(cfg)
+    runs.atomic_save(runs.network_payload(cfg, G, G, kimg=0.0, epoch=0), tmp_path / runs.NETWORK_FINAL)
+    ex = wd.explorer_for_run(tmp_path, n_components=2, n_samples=32, out_dir=tmp_path / "x")
+    assert ex.space.kind == "w" and ex.truncation is not None and ex.crossover is not None
+    before = bytes(ex.image.value)
+    ex.truncation.value = 0.0
+    assert bytes(ex.image.value) != before
