@@ -18,14 +18,14 @@ import torch
 from cxr_utils import evaluate, phantom, runs, train
 from cxr_utils.data import from_uint8
 
-VARIANTS: dict[str, dict] = {
+VARIANTS: dict[str, dict] = {  # the ingredients the short-budget ablation questioned come first
     "stable": {},
-    "- spectral norm (+BN in D)": {"spectral_norm": False, "d_batchnorm": True},
-    "- hinge (BCE)": {"loss": "bce"},
     "- EMA": {"ema_kimg": 0.0},
     "- EMA ramp-up (fixed 2 kimg half-life)": {"ema_rampup": None},
-    "- DiffAugment": {"augment": "none"},
+    "- hinge (BCE)": {"loss": "bce"},
     "- TTUR (2e-4 / 2e-4)": {"lr_g": 2e-4, "lr_d": 2e-4},
+    "- DiffAugment": {"augment": "none"},
+    "- spectral norm (+BN in D)": {"spectral_norm": False, "d_batchnorm": True},
     "reference (lungcancer-dcgan)": None,
 }
 

@@ -1,4 +1,4 @@
-"""Data-parallel training on CPU: 2 torchrun processes (gloo, 1 thread each) vs 1 process (2 threads, 1 thread).
+"""Data-parallel training on CPU: 2 torchrun processes (gloo, 1 thread each) vs 1 process (2 threads).
 
 Usage: .venv/bin/python benchmarks/bench_ddp.py [--n 1000] [--epochs 4] [--rounds 2] [--precision auto]
                                                 [--procs 2] [--threads 2]
@@ -8,11 +8,12 @@ Both train the DCGAN ``stable`` preset (64 px, global batch 128) through ``pytho
 --nproc_per_node=--procs`` with ``--threads / --procs`` threads per process, the same global batch, so
 the same total number of threads; and, to explain the difference, one process with ``--threads /
 --procs`` threads (what each data-parallel process has). Runs alternate (1 x T, K x T/K, 1 x T/K, ...)
-so that a load spike from other jobs hits all alike. Images/s are taken from the run's own ``stats.jsonl`` (``time_s`` is training wall
-time) from the first step of epoch 2 to the last step: process start-up, data loading, the first
-epoch's warm-up and the final figures are excluded. Sample grids and checkpoints are switched off
-in between. Prints each run's images/s, the medians and the ratio, and the 1-minute load average
-before and after. The machine may be shared: run it once, not in a loop.
+so that a load spike from other jobs hits all alike. Images/s are taken from the run's own
+``stats.jsonl`` (``time_s`` is training wall time) from the last step of epoch 1 to the last step:
+process start-up, data loading, the first epoch's warm-up and the final figures are excluded. Sample
+grids and checkpoints are switched off in between. Prints each run's images/s, the medians, the
+speed-ups and the 1-minute load average before and after. The machine may be shared: run it once, not
+in a loop.
 """
 
 from __future__ import annotations

@@ -263,7 +263,8 @@ def augment_probability(history: list[dict], path: str | Path | None = None, tar
         ax.axhline(target, color="k", ls="--", lw=0.8, label=f"r_t target {target}")
     ax.set_xlabel("kimg (real images shown / 1000)")
     ax.set_ylim(-1.02, 1.02)
-    ax.set_title(("ADA: " + title) if title else "ADA augmentation probability and overfitting measure")
+    kind = "ADA" if target is not None else "fixed-p augmentation (DiffAugment)"
+    ax.set_title(f"{kind}: {title}" if title else f"{kind}: probability p and overfitting measure r_t")
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
     return _finish(fig, path)

@@ -29,7 +29,9 @@ Two choices to keep in mind when reading results:
   classifier trains for up to ``clf_epochs`` epochs over *its own* training set (with early stopping
   on validation AUC), so a condition with more training images also takes more gradient steps --
   with every class augmented, ``real+<gan>x1`` takes twice as many steps as ``real`` at the same
-  fraction, ``x2`` three times as many. With too few epochs, the extra steps alone can look like a gain from the synthetic images.
+  fraction, ``x2`` three times as many. With too few epochs, the extra steps alone can look like a
+  gain from the synthetic images (on the phantom, a +0.029 AUC at 25 % of the data under equal epochs
+  became -0.078 under equal steps; benchmarks/README.md).
   ``clf_budget="steps"`` instead scales each cell's epochs by ``n_real / n_train`` (rounded to whole
   epochs, at least 1), so every condition of a fraction takes about as many optimiser steps as
   real-only; each cell records ``epochs_max``, ``epochs_run`` and ``optimizer_steps``.
@@ -284,7 +286,10 @@ class _Study:
         if not resume and run_dir.exists():  # a run killed before its first checkpoint: start afresh
             shutil.rmtree(run_dir)
         write_json_atomic(md5s, md5_file)  # before training, so no trained generator lacks one
-        return T.train(cfg, run_dir, images=self.ds.images[idx], resume=resume, progress=False).G
+        T.train(cfg, run_dir, images=self.ds.images[idx], resume=resume, progress=False)
+        # sample from the saved network, as a resumed study will: the in-memory one (channels-last,
+        # on the training device) gives float-level different images, enough to move a cell's AUC
+        return runs.load_run(run_dir)[1]
 
     def synthetic(self, preset: str, fraction: float, seed: int, per_class: dict[int, int]
                   ) -> tuple[torch.Tensor, np.ndarray]:
