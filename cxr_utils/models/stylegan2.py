@@ -550,13 +550,15 @@ def r1_penalty(real_logits: Tensor, real_img: Tensor) -> Tensor:
 def path_length_penalty(img: Tensor, ws: Tensor, pl_mean: Tensor, decay: float = 0.01) -> tuple[Tensor, Tensor]:
     """Per-sample (|J_w^T y| - a)^2 with y ~ N(0, I)/sqrt(HW) and a the running mean length.
 
-    Returns the penalty and the updated running mean (detached).
+    Returns the penalty and the updated running mean (detached). Under torchrun the mean length of the
+    batch is averaged over processes first, so every rank keeps the same running mean (and a resume
+    is exact).
     """
     h, w = img.shape[2:]
     noise = torch.randn_like(img) / math.sqrt(h * w)
     (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
     lengths = grad.square().sum(dim=2).mean(dim=1).sqrt()
-    new_mean = pl_mean.lerp(lengths.mean().detach(), decay)
+    new_mean = pl_mean.lerp(distributed.all_reduce_mean(lengths.mean().detach()), decay)
     return (lengths - new_mean).square(), new_mean
 
 
