@@ -77,6 +77,8 @@ class TrainConfig:
     batch_size: int = C.option(128, "images per D step (the global batch: split over torchrun's processes)")
     epochs: int = C.option(25, "passes over the data set")
     kimg: float | None = C.option(None, "budget in thousands of real images shown; overrides epochs (rounded up)")
+    time_budget_s: float | None = C.option(None, "also stop at the end of the first epoch at which the training "
+                                                 "time (summed over resumed segments) reaches this many seconds")
     lr_g: float = C.option(2e-4, "generator Adam learning rate")
     lr_d: float = C.option(2e-4, "discriminator Adam learning rate (lr_d > lr_g = TTUR)")
     beta1: float = C.option(0.5, "Adam beta1")
@@ -122,6 +124,7 @@ class TrainConfig:
             (min(self.latent_dim, self.base, self.batch_size, self.epochs, self.n_dis, self.n_fixed) >= 1,
              "latent_dim, base, batch_size, epochs, n_dis and n_fixed must be >= 1"),
             (self.kimg is None or self.kimg > 0, "kimg must be > 0"),
+            (self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s must be > 0"),
             (self.lr_g > 0 and self.lr_d > 0, "learning rates must be > 0"),
             (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "Adam betas must be in [0, 1)"),
             (0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)"),
@@ -191,7 +194,7 @@ PRESETS |= {
 }
 
 # Fields that may differ when a run is resumed: they extend or observe training, never change it.
-RESUMABLE_CHANGES = frozenset({"epochs", "kimg", "checkpoint_every", "sample_every", "grid_epochs",
+RESUMABLE_CHANGES = frozenset({"epochs", "kimg", "time_budget_s", "checkpoint_every", "sample_every", "grid_epochs",
                                "device", "compile"})
 
 
@@ -652,6 +655,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
               f"{processes}")
     fixed_z = torch.randn(cfg.n_fixed, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
     fixed_z, data = fixed_z.to(device), data.to(device)
+    if cfg.time_budget_s is not None and count.seconds >= cfg.time_budget_s:
+        epochs = count.epoch  # resumed with its time already spent: nothing more to train
     bar = tqdm(total=epochs * per_epoch, initial=count.iteration, disable=not (progress and main), unit="it")
     start = time.perf_counter() - count.seconds
     with open(run_dir / runs.STATS, "a") if main else contextlib.nullcontext() as stats_file:
@@ -683,17 +688,23 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
                 stats_file.flush()
             history += rows
             count.epoch, count.seconds = epoch, time.perf_counter() - start
-            if epoch % cfg.sample_every == 0 or epoch in cfg.grid_epochs or epoch == epochs:
+            # every process must agree to stop (their clocks differ slightly): stop when any is out of time
+            out_of_time = cfg.time_budget_s is not None and bool(distributed.all_reduce_sum(
+                torch.tensor(float(count.seconds >= cfg.time_budget_s))) > 0)
+            last = epoch == epochs or out_of_time
+            if epoch % cfg.sample_every == 0 or epoch in cfg.grid_epochs or last:
                 # rendered on every process: with SyncBatchNorm the forward is a collective
                 grid = steps.render(G_ema if G_ema is not None else G, fixed_z)
                 if main:
                     _save_grid(grid, run_dir / runs.SAMPLES / f"epoch_{epoch:03d}.png")
-            if epoch % cfg.checkpoint_every == 0 or epoch == epochs:
+            if epoch % cfg.checkpoint_every == 0 or last:
                 if main:
                     os.fsync(stats_file.fileno())  # the rows a checkpoint counts must outlive a crash
                     _checkpoint(run_dir, cfg, parts, len(history), fingerprint)
                     _write_csv(run_dir, history)
                 distributed.barrier()  # nobody runs ahead of (or resumes from) a half-written checkpoint
+            if out_of_time:
+                break
     bar.close()
     result = _finish(run_dir, cfg, G_ema if G_ema is not None else G, history, count, write=main)
     distributed.barrier()  # when train() returns on any process, the run folder is complete

@@ -186,6 +186,21 @@ def test_run_folder_has_history_and_figures(tiny_run):
     assert saved["kimg"] == 0.256 and saved["base"] == 16
 
 
+def test_time_budget_stops_after_the_epoch_that_reaches_it_and_resume_respects_it(tmp_path, images):
+    run = tmp_path / "run"
+    result = train(tiny(epochs=5, checkpoint_every=5, time_budget_s=1e-6), run, images=images, progress=False)
+    assert result.epochs == 1 and len(result.history) == 4  # 64 images / batch 16, one epoch
+    assert (run / "training-state.pt").exists() and (run / "network-final.pt").exists()
+    again = train(tiny(epochs=5, checkpoint_every=5, time_budget_s=1e-6), run, images=images, resume=True,
+                  progress=False)
+    assert again.epochs == 1  # its time is spent: nothing more is trained
+    more = train(tiny(epochs=3, checkpoint_every=5, time_budget_s=None), run, images=images, resume=True,
+                 progress=False)
+    assert more.epochs == 3 and [r["epoch"] for r in more.history][-1] == 3
+    with pytest.raises(ConfigError, match="time_budget_s"):
+        tiny(time_budget_s=0)
+
+
 def test_run_folder_is_not_overwritten_by_accident(tmp_path, images, capsys):
     run = tmp_path / "run"
     cfg = tiny(epochs=1)
