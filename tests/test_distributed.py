@@ -270,7 +270,8 @@ def test_stylegan2_ranks_stay_in_step_through_lazy_regularisers(ddp):
     _identical(s0["D"], s1["D"], "D")
     _identical(s0["G_opt"], s1["G_opt"], "G_opt")
     _identical(s0["D_opt"], s1["D_opt"], "D_opt")
-    assert s0["pl_mean"] != s1["pl_mean"]  # each rank drew its own latents (per-process mean, as upstream)
+    # each rank drew its own latents, but the path-length mean is averaged over ranks, so it agrees
+    assert s0["pl_mean"] == s1["pl_mean"] and float(s0["pl_mean"]) > 0
     assert s0["nimg"] == 4 * 8  # this rank's images: the lazy schedule follows the global iteration
     rows = r0["sg2_history"]
     assert [r.get("r1_penalty") is not None for r in rows] == [True, False, True, False]
