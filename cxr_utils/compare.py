@@ -253,8 +253,11 @@ def verdict(comp: Comparison) -> str:
         if copying:
             lines.append(f"  Copy rate above 5 % (near-duplicates of training images): {', '.join(copying)}.")
         pr = max(final.items(), key=lambda kv: (kv[1]["precision"] or 0) + (kv[1]["recall"] or 0))
-        lines.append(f"  Highest precision + recall: {pr[0]} (precision {pr[1]['precision']:.2f}, "
-                     f"recall {pr[1]['recall']:.2f}).")
+        if (pr[1]["precision"] or 0) + (pr[1]["recall"] or 0) > 0:
+            lines.append(f"  Highest precision + recall: {pr[0]} (precision {pr[1]['precision']:.2f}, "
+                         f"recall {pr[1]['recall']:.2f}).")
+        else:
+            lines.append("  No contender has a sample inside the real images' manifold (precision and recall 0).")
     image = comp.final("image")
     ada, no_ada = image.get("StyleGAN2-ADA"), image.get("StyleGAN2 no ADA")
     if ada and no_ada:

@@ -82,6 +82,9 @@ def test_verdict_flags_collapse_and_copying():
     text = compare.verdict(_comparison(rows, milestones=1))
     assert "Mode collapse flagged" in text and names[0] in text
     assert "Copy rate above 5 %" in text and "DCGAN stable (20.0%)" in text
+    assert "Highest precision + recall" in text
+    zero = [dict(r, precision=0.0, recall=0.0) for r in rows]
+    assert "precision and recall 0" in compare.verdict(_comparison(zero, milestones=1))
 
 
 def test_tiny_comparison_runs_resumes_and_guards_its_folder(tmp_path):
