@@ -37,12 +37,15 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--n-eval", type=int, default=500)
     ap.add_argument("--out", type=Path, default=Path("results/ablation-stable"))
+    ap.add_argument("--only", nargs="*", default=None, help="variant names to run (default: all)")
     args = ap.parse_args()
 
     held_out = phantom.render(range(10_000, 10_000 + 2 * args.n_eval), size=64, seed=0).images
     ref = from_uint8(torch.from_numpy(held_out)).unsqueeze(1)
     rows = []
     for name, overrides in VARIANTS.items():
+        if args.only is not None and name not in args.only:
+            continue
         preset = "lungcancer-dcgan" if overrides is None else "stable"
         cfg = train.make_config(preset, source=f"phantom:{args.n}", epochs=args.epochs,
                                 batch_size=args.batch_size, grid_epochs=(args.epochs,), **(overrides or {}))

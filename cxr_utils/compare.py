@@ -54,6 +54,8 @@ class CompareConfig:
     milestones: int = C.option(4, "evaluations over training, evenly spaced in kimg")
     equal_wall_time: bool = C.option(True, "also train faster contenders to the slowest one's wall time")
     contenders: tuple[str, ...] = C.option(tuple(DEFAULT_CONTENDERS), "names from DEFAULT_CONTENDERS")
+    stylegan2_preset: str = C.option("stylegan2-cpu-small", "train preset of the StyleGAN2 contenders "
+                                                            "(stylegan2-auto64 ... on a GPU)")
     n_eval: int = C.option(500, "generated images scored at each milestone (capped real sets too)")
     seed: int = C.option(0, "training and evaluation seed")
     extractors: tuple[str, ...] = C.option(("offline",), "feature extractors for FID/KID/PR")
@@ -63,6 +65,8 @@ class CompareConfig:
         unknown = [c for c in self.contenders if c not in DEFAULT_CONTENDERS]
         if unknown:
             raise ConfigError(f"unknown contender(s) {unknown}; choose from {', '.join(DEFAULT_CONTENDERS)}")
+        if not self.stylegan2_preset.startswith("stylegan2-") or self.stylegan2_preset not in train.PRESETS:
+            raise ConfigError(f"stylegan2_preset must be a StyleGAN2 train preset, got {self.stylegan2_preset!r}")
         if not self.contenders:
             raise ConfigError("contenders: give at least one")
         if self.kimg <= 0 or self.milestones < 1 or self.n_eval < 8:
@@ -94,12 +98,18 @@ def milestone_kimg(kimg: float, milestones: int, n_train: int, batch: int) -> li
     return [e * per_epoch / 1000 for e in points]
 
 
+def contender_preset(cfg: CompareConfig, name: str) -> str:
+    """The train preset a contender uses (the StyleGAN2 ones follow ``cfg.stylegan2_preset``)."""
+    preset = DEFAULT_CONTENDERS[name][0]
+    return cfg.stylegan2_preset if preset.startswith("stylegan2-") else preset
+
+
 def contender_config(cfg: CompareConfig, name: str, kimg: float, n_train: int) -> train.TrainConfig:
     """The contender's preset at this comparison's size, seed and budget. A preset batch larger than half
     the training set (the DCGAN references' 128 on a 100-image set) is cut to the largest power of two
     that fits twice; the row records the batch used."""
-    preset, overrides = DEFAULT_CONTENDERS[name]
-    tcfg = train.make_config(preset, **{"image_size": cfg.image_size, "seed": cfg.seed, **overrides,
+    overrides = DEFAULT_CONTENDERS[name][1]
+    tcfg = train.make_config(contender_preset(cfg, name), **{"image_size": cfg.image_size, "seed": cfg.seed, **overrides,
                                         **cfg.train_overrides, "kimg": kimg})
     if tcfg.batch_size > n_train // 2:
         tcfg = C.apply_overrides(tcfg, batch_size=2 ** int(math.log2(max(n_train // 2, 1))))
@@ -166,7 +176,9 @@ def run(cfg: CompareConfig, out_dir: str | Path, images: torch.Tensor | None = N
     out = project_path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     saved = out / "compare_options.json"
-    if saved.exists() and json.loads(saved.read_text()) != json.loads(json.dumps(C.to_dict(cfg))):
+    current = json.loads(json.dumps(C.to_dict(cfg)))
+    # fields added since a folder was written count as their defaults
+    if saved.exists() and {**C.to_dict(CompareConfig()), **json.loads(saved.read_text())} != current:
         raise ConfigError(f"{out} holds a comparison with other settings; use a new folder or delete it")
     C.save_json(cfg, saved)
     if images is None:
@@ -193,7 +205,7 @@ def run(cfg: CompareConfig, out_dir: str | Path, images: torch.Tensor | None = N
         fake = runs.sample(result.G, cfg.n_eval, seed=cfg.seed + 1)
         m = evaluate.evaluate(ref_train, real_hold, fake, extractors=cfg.extractors, seed=cfg.seed,
                               progress=False, kid_subset_size=min(1000, len(real_hold), cfg.n_eval))
-        row = {"contender": name, "preset": DEFAULT_CONTENDERS[name][0], "budget": budget,
+        row = {"contender": name, "preset": contender_preset(cfg, name), "budget": budget,
                "milestone": milestone, "kimg": round(result.kimg, 3), "batch": tcfg.batch_size,
                "train_s": round(result.seconds, 1),
                "img_per_s": round(result.kimg * 1000 / max(result.seconds, 1e-9), 1),

@@ -58,6 +58,10 @@ def test_batch_is_cut_to_fit_a_small_training_set():
     assert compare.contender_config(cfg, "DCGAN lungcancer-dcgan", 1.0, 80).batch_size == 32
     sg2 = compare.contender_config(cfg, "StyleGAN2 no ADA", 1.0, 80)
     assert sg2.model == "stylegan2" and sg2.augment == "none" and sg2.batch_size == 16
+    gpu = compare.make_config(stylegan2_preset="stylegan2-auto64")
+    assert compare.contender_config(gpu, "StyleGAN2-ADA", 1.0, 2000).sg2_arch == "auto64"
+    with pytest.raises(ConfigError, match="stylegan2_preset"):
+        compare.make_config(stylegan2_preset="stable")
 
 
 def test_verdict_follows_the_numbers():
