@@ -326,7 +326,10 @@ def plot_metrics(comp: Comparison, x: str = "kimg", path: str | Path | None = No
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("kimg (real images shown / 1000)" if x == "kimg" else "training time (s)")
         if x == "train_s":
+            from matplotlib.ticker import NullFormatter
+
             ax.set_xscale("log")
+            ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short log axis
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     return _finish(fig, path)
