@@ -59,3 +59,27 @@ def test_bad_grid_files(tmp_path, monkeypatch, text, match):
     (tmp_path / "g.yaml").write_text(text)
     with pytest.raises(ConfigError, match=match):
         load_spec(tmp_path / "g.yaml")
+
+
+def test_two_by_two_sweep_of_notebook_02_through_the_cli(tmp_path):
+    """The real training notebook over a 2x2 grid (preset x seed), tiny parameters, 2 points at a time."""
+    from pathlib import Path
+
+    from cxr_utils import cli
+
+    root = Path(__file__).resolve().parents[1]
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"notebook: {root / 'notebooks' / '02_dcgan_training.ipynb'}\nout: {tmp_path / 'sweep'}\n"
+                    "output_parameter: out_root\n"
+                    "parameters: {source: 'phantom:64', epochs: 1, batch_size: 32, n_eval: 32, run_name: run}\n"
+                    "grid: {preset: [lungcancer-dcgan, stable], seed: [0, 1]}\n")
+    assert cli.main(["sweep", str(grid), "--jobs", "2"]) == 0
+    table = pd.read_csv(tmp_path / "sweep" / "summary.csv")
+    assert len(table) == 4 and set(table["status"]) == {"done"}
+    assert sorted(zip(table["preset"], table["seed"])) == [("lungcancer-dcgan", 0), ("lungcancer-dcgan", 1),
+                                                          ("stable", 0), ("stable", 1)]
+    fid = [c for c in table.columns if c.endswith("fid.offline.value")]
+    assert fid and table[fid[0]].notna().all()  # every point trained, evaluated and was summarised
+    for folder in (tmp_path / "sweep").iterdir():
+        if folder.is_dir():
+            assert (folder / "run" / "network-final.pt").exists() and (folder / "notebook.ipynb").exists()
