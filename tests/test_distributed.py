@@ -14,6 +14,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from helpers import assert_identical
+
 from cxr_utils import distributed, phantom
 from cxr_utils.augment import AdaptiveAugment
 from cxr_utils.data import from_uint8
@@ -196,21 +198,6 @@ def ddp(tmp_path_factory):
     return out, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
 
 
-def _identical(a, b, where="") -> None:
-    if isinstance(a, torch.Tensor):
-        assert torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            _identical(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            _identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
-
-
 def test_both_ranks_hold_identical_weights_and_only_rank_0_writes(ddp):
     _, (r0, r1) = ddp
     for key in ("one_step", "resumed", "straight"):
@@ -220,9 +207,9 @@ def test_both_ranks_hold_identical_weights_and_only_rank_0_writes(ddp):
             # statistics differ, because each process normalises over its own half of the batch
             differ = {k for k in s0[net] if not torch.equal(s0[net][k], s1[net][k])}
             assert differ == ({k for k in s0[net] if "running_" in k} if net == "G" else set()), (key, net)
-        _identical(s0["opt_g"], s1["opt_g"], "opt_g")
-        _identical(s0["opt_d"], s1["opt_d"], "opt_d")
-        _identical(r0[key]["augment"], r1[key]["augment"], "augment")  # p and the r_t accumulators
+        assert_identical(s0["opt_g"], s1["opt_g"], "opt_g")
+        assert_identical(s0["opt_d"], s1["opt_d"], "opt_d")
+        assert_identical(r0[key]["augment"], r1[key]["augment"], "augment")  # p and the r_t accumulators
     untimed = [[{k: v for k, v in row.items() if k != "time_s"} for row in r["history"]] for r in (r0, r1)]
     assert untimed[0] == untimed[1]  # the stats are averaged over the ranks
     # rank 0: state + snapshot at each of the 1 + 1 + 2 epoch ends, a final copy per run; one grid per
@@ -230,12 +217,12 @@ def test_both_ranks_hold_identical_weights_and_only_rank_0_writes(ddp):
     assert r0["writes"] == {"atomic_save": 2 * 4 + 3, "grid": 4} and r1["writes"] == {"atomic_save": 0, "grid": 0}
 
 
-def test_resume_under_torchrun_is_bit_identical(ddp):
+def test_resume_under_torchrun_is_bitassert_identical(ddp):
     out, _ = ddp
     a = torch.load(out / "straight" / "training-state.pt", weights_only=True)
     b = torch.load(out / "split" / "training-state.pt", weights_only=True)
     for key in ("steps", "G_ema", "augment", "rng", "order", "history_len", "config", "world_size"):
-        _identical(a[key], b[key], key)
+        assert_identical(a[key], b[key], key)
     rows = [[{k: v for k, v in json.loads(line).items() if k != "time_s"}
              for line in (out / run / "stats.jsonl").read_text().splitlines()] for run in ("straight", "split")]
     assert rows[0] == rows[1] and [r["iteration"] for r in rows[0]] == [1, 2]
@@ -267,9 +254,9 @@ def test_stylegan2_ranks_stay_in_step_through_lazy_regularisers(ddp):
     s0, s1 = r0["sg2"]["steps"], r1["sg2"]["steps"]
     # weights and optimisers equal; w_avg (a truncation statistic of the latents seen) is per process
     assert {k for k in s0["G"] if not torch.equal(s0["G"][k], s1["G"][k])} == {"mapping.w_avg"}
-    _identical(s0["D"], s1["D"], "D")
-    _identical(s0["G_opt"], s1["G_opt"], "G_opt")
-    _identical(s0["D_opt"], s1["D_opt"], "D_opt")
+    assert_identical(s0["D"], s1["D"], "D")
+    assert_identical(s0["G_opt"], s1["G_opt"], "G_opt")
+    assert_identical(s0["D_opt"], s1["D_opt"], "D_opt")
     # each rank drew its own latents, but the path-length mean is averaged over ranks, so it agrees
     assert s0["pl_mean"] == s1["pl_mean"] and float(s0["pl_mean"]) > 0
     assert s0["nimg"] == 4 * 8  # this rank's images: the lazy schedule follows the global iteration

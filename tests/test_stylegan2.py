@@ -9,6 +9,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from helpers import assert_identical
+
 from cxr_utils.errors import ConfigError
 from cxr_utils.models import stylegan2 as sg
 
@@ -408,7 +410,7 @@ def test_loop_trains_stylegan2_logs_ada_and_resumes_exactly(tmp_path, loop_image
     a = torch.load(tmp_path / "straight" / runs.STATE, weights_only=True)
     b = torch.load(tmp_path / "cut" / runs.STATE, weights_only=True)
     for part in ("steps", "G_ema", "augment"):
-        assert _flatten(a[part]) == _flatten(b[part]), part
+        assert_identical(a[part], b[part], part)
     assert 0 < float(a["augment"]["aug_p"]) < 0.2  # p really moved (from 0.2), so restoring it was tested
     rows = straight.history
     strip = lambda h: [{k: v for k, v in r.items() if k != "time_s"} for r in h]  # noqa: E731
@@ -422,22 +424,6 @@ def test_loop_trains_stylegan2_logs_ada_and_resumes_exactly(tmp_path, loop_image
                        straight.G.synthesis.state_dict()[next(iter(G.synthesis.state_dict()))])
     assert runs.sample(G, 4, seed=0).shape == (4, 3, 32, 32)
     assert widgets.latent_space(G).kind == "w"
-
-
-def _flatten(state, prefix=""):
-    """Nested state -> {path: bytes or value}, for exact comparison."""
-    out = {}
-    if isinstance(state, dict):
-        for k, v in state.items():
-            out |= _flatten(v, f"{prefix}.{k}")
-    elif isinstance(state, (list, tuple)):
-        for i, v in enumerate(state):
-            out |= _flatten(v, f"{prefix}[{i}]")
-    elif isinstance(state, torch.Tensor):
-        out[prefix] = (state.dtype, tuple(state.shape), state.cpu().numpy().tobytes())
-    else:
-        out[prefix] = state
-    return out
 
 
 def test_train_cli_with_model_stylegan2(tmp_path, monkeypatch):

@@ -18,6 +18,8 @@ from PIL import Image
 from cxr_utils import cli, device, phantom
 from cxr_utils.data import from_uint8
 from cxr_utils.errors import ConfigError, RunError
+from helpers import assert_identical
+
 from cxr_utils.train import TrainConfig, config_from_args, d_loss, g_loss, make_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,22 +36,6 @@ def tiny(preset: str = "lungcancer-dcgan", **overrides) -> TrainConfig:
     small = dict(image_size=32, base=8, latent_dim=16, batch_size=16, epochs=2, precision="fp32",
                  checkpoint_every=1, n_fixed=16, grid_epochs=(1,))
     return make_config(preset, **{**small, **overrides})
-
-
-def assert_identical(a, b, where="state"):
-    """Recursive bitwise equality of checkpoint contents (tensors, dicts, lists, plain values)."""
-    if isinstance(a, torch.Tensor):
-        assert isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b), where
-    elif isinstance(a, dict):
-        assert a.keys() == b.keys(), where
-        for k in a:
-            assert_identical(a[k], b[k], f"{where}.{k}")
-    elif isinstance(a, (list, tuple)):
-        assert len(a) == len(b), where
-        for i, (x, y) in enumerate(zip(a, b)):
-            assert_identical(x, y, f"{where}[{i}]")
-    else:
-        assert a == b, where
 
 
 def without_time(history):
