@@ -68,16 +68,6 @@ def info() -> DistInfo:
     return DistInfo()
 
 
-def shard(indices: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
-    """This rank's share of a (globally identical) permutation: every ``world_size``-th element.
-
-    All ranks get equally many items (the tail that does not divide evenly is dropped), so every rank
-    runs the same number of steps and collective calls never wait forever.
-    """
-    usable = len(indices) - len(indices) % world_size
-    return indices[:usable][rank::world_size]
-
-
 def batch_slice(batch_size: int, rank: int, world_size: int) -> slice:
     """This rank's contiguous share of a global batch of ``batch_size`` (which ``world_size`` divides).
 
