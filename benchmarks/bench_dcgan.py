@@ -11,7 +11,7 @@ same iterations after a warm-up, data fetching included, in alternating blocks (
   example's default of 2) decoding and normalising the PNGs every epoch; fp32, default memory format,
   ``nn.BCELoss`` on the sigmoid outputs, D's real and fake losses back-propagated separately;
 - ours: the images decoded once by ``data.load`` into one in-memory tensor, indexed by a seeded
-  permutation per epoch, and ``train.GANSteps`` with the configured precision/memory format
+  permutation per epoch, and ``losses.GANSteps`` with the configured precision/memory format
   (``auto``: bf16 autocast + channels-last on CPUs with native bf16, and on CUDA).
 
 Prints images/s of each and the ratio. The machine may be shared: run it once, not in a loop.
@@ -31,7 +31,8 @@ from torch import nn
 
 from cxr_utils import data, device as dev, phantom
 from cxr_utils.models import build_discriminator, build_generator
-from cxr_utils.train import GANSteps, make_config
+from cxr_utils.losses import GANSteps
+from cxr_utils.train import make_config
 
 
 def write_pngs(root: Path, n: int) -> None:

@@ -1,4 +1,10 @@
-"""Run folders: their file names, atomic writes, and reading trained generators back.
+"""Run folders: the one home of their format (docs/architecture.md), written and read back.
+
+Everything a training run writes goes through here: opening the folder (refusing to clobber a run,
+checking that a resume changes nothing that matters), the history (``stats.jsonl`` appended per epoch,
+``history.csv``), the resumable checkpoint (``training-state.pt``) and inference weights
+(``network-snapshot.pt``, ``network-final.pt``), the sample grids (``samples/epoch_NNN.png``), the
+progress GIF and the training figures. Reading back: ``read_history``, ``load_run``, ``sample``.
 
 ``python -m cxr_utils generate RUN --n 1000 --out DIR [--seed S] [--grid]`` writes one PNG per sample.
 PNGs are always 8-bit grayscale: a 3-channel generator trained on gray radiographs replicated to RGB
@@ -8,7 +14,10 @@ is written as the mean of its channels (a radiograph has no colour to keep).
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import IO, Any, Callable
@@ -18,10 +27,13 @@ import torch
 from PIL import Image
 from torch import nn
 
-from .errors import RunError
+from . import config as C
+from . import images as I
+from . import train_config
+from .errors import ConfigError, RunError
 from .paths import project_path
 
-OPTIONS = "training_options.json"
+OPTIONS = train_config.OPTIONS  # "training_options.json"
 STATS = "stats.jsonl"
 HISTORY = "history.csv"
 STATE = "training-state.pt"
@@ -83,16 +95,14 @@ def network_path(run_dir: str | Path) -> Path:
 
 def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Any, nn.Module]:
     """``(TrainConfig, G)`` of a run, G in eval mode with its EMA weights when the run kept them."""
-    from .config import apply_overrides
     from .models import build_generator
-    from .train import TrainConfig
 
     path = network_path(run_dir)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # a truncated or foreign file; say which
         raise RunError(f"cannot read {path.name} in {run_dir}: {type(exc).__name__}") from None
-    cfg = apply_overrides(TrainConfig(), payload["config"])
+    cfg = train_config.from_dict(payload["config"])
     G = build_generator(cfg)
     G.load_state_dict(payload.get("G_ema", payload["G"]))
     return cfg, G.to(device).eval().requires_grad_(False)
@@ -117,32 +127,134 @@ def sample(G: nn.Module, n: int, seed: int = 0, batch: int = 256,
     return torch.cat(out).clamp_(-1, 1) if out else torch.empty(0)
 
 
-def to_gray_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> (N, H, W) uint8, channels averaged."""
-    gray = images.float().mean(1)
-    return ((gray + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).numpy()
-
-
 def write_pngs(images: torch.Tensor, out_dir: str | Path, prefix: str = "sample") -> list[Path]:
     """One grayscale PNG per image, numbered from 0."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     paths = []
-    for i, img in enumerate(to_gray_uint8(images)):
+    for i, img in enumerate(I.to_gray_uint8(images)):
         paths.append(out / f"{prefix}_{i:05d}.png")
         Image.fromarray(img).save(paths[-1])
     return paths
 
 
-def write_grid(images: torch.Tensor, path: str | Path, nrow: int | None = None) -> Path:
-    """A grayscale grid PNG of ``images`` (at most 64 shown), 2-pixel white gutters."""
-    from torchvision.utils import make_grid
+# ------------------------------------------------------------------------------- writing a training run
 
-    shown = images[:64].float().mean(1, keepdim=True)
-    nrow = nrow or max(1, int(np.ceil(np.sqrt(len(shown)))))
-    grid = make_grid(shown, nrow=nrow, padding=2, pad_value=1.0)
-    Image.fromarray(to_gray_uint8(grid[None, :1])[0]).save(path)
-    return Path(path)
+
+def open_run_dir(run_dir: Path, cfg: Any, resume: bool, overwrite: bool) -> None:
+    """Refuse to train into an existing run unless resuming (compatibly) or overwriting it."""
+    if resume and overwrite:
+        raise ConfigError("resume and overwrite exclude each other")
+    options = run_dir / OPTIONS
+    if options.exists() and resume:
+        if not (run_dir / STATE).exists():
+            raise RunError(f"cannot resume {run_dir}: it has no {STATE}")
+        saved = C.to_dict(train_config.load(options))
+        given = C.to_dict(cfg)
+        changed = [f"{k}: {saved[k]!r} -> {given[k]!r}" for k in given
+                   if k not in train_config.RESUMABLE_CHANGES and given[k] != saved[k]]
+        if changed:
+            raise ConfigError(f"resume would change training: {'; '.join(changed)}")
+        for torn in run_dir.glob(".*.tmp"):  # left by a kill during atomic_save; never the checkpoint
+            torn.unlink()
+    elif options.exists() and overwrite:
+        n_files = sum(1 for p in run_dir.rglob("*") if p.is_file())
+        print(f"overwrite=True: deleting the previous run {run_dir} ({n_files} files)")
+        shutil.rmtree(run_dir)
+    elif options.exists():
+        raise RunError(f"{run_dir} already holds a run; resume it (--resume) or replace it (--overwrite)")
+    elif resume:
+        raise RunError(f"nothing to resume: {run_dir} holds no run ({OPTIONS} missing)")
+    (run_dir / SAMPLES).mkdir(parents=True, exist_ok=True)
+
+
+def write_options(run_dir: Path, cfg: Any) -> None:
+    C.save_json(cfg, run_dir / OPTIONS)
+
+
+def read_history(run_dir: str | Path, n: int | None = None) -> list[dict[str, Any]]:
+    """The first ``n`` rows of ``stats.jsonl`` (all when None); a torn last line is ignored."""
+    path = Path(run_dir) / STATS
+    rows: list[dict[str, Any]] = []
+    if path.exists():
+        for line in path.read_text().splitlines():
+            if n is not None and len(rows) >= n:
+                break
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                break
+    return rows
+
+
+def open_stats(run_dir: Path) -> IO:
+    """``stats.jsonl`` for appending; the loop writes each epoch's rows with :func:`append_stats`."""
+    return open(run_dir / STATS, "a")
+
+
+def append_stats(stats_file: IO, rows: list[dict[str, Any]], durable: bool = False) -> None:
+    """One JSON line per history row, flushed (and fsynced when ``durable``: the rows a checkpoint
+    counts must outlive a crash)."""
+    stats_file.writelines(json.dumps(r) + "\n" for r in rows)
+    stats_file.flush()
+    if durable:
+        os.fsync(stats_file.fileno())
+
+
+def write_history(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    """stats.jsonl rewritten to exactly ``history`` (on resume), and history.csv."""
+    with open(run_dir / STATS, "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in history)
+    write_csv(run_dir, history)
+
+
+def write_csv(run_dir: Path, history: list[dict[str, Any]]) -> None:
+    keys = list(dict.fromkeys(k for r in history for k in r))
+    with open(run_dir / HISTORY, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(history)
+
+
+def write_checkpoint(run_dir: Path, state: dict[str, Any], cfg: Any, G: nn.Module, G_ema: nn.Module | None,
+                     kimg: float, epoch: int) -> None:
+    """The resumable state, then the inference weights; each file replaced atomically."""
+    atomic_save(state, run_dir / STATE)
+    atomic_save(network_payload(cfg, G, G_ema, kimg, epoch), run_dir / NETWORK_SNAPSHOT)
+
+
+def write_final(run_dir: Path) -> None:
+    """``network-final.pt``: the last snapshot's weights."""
+    atomic_save(torch.load(run_dir / NETWORK_SNAPSHOT, map_location="cpu", weights_only=True),
+                run_dir / NETWORK_FINAL)
+
+
+def write_samples(run_dir: Path, epoch: int, images: torch.Tensor) -> Path:
+    """The fixed-latent sample grid of ``epoch``: 8 per row, 2-pixel black gutters, colour kept."""
+    picture = I.grid(images.cpu(), nrow=8, padding=2, pad_value=0)
+    return I.save_png(picture, run_dir / SAMPLES / f"epoch_{epoch:03d}.png")
+
+
+def write_progress_gif(run_dir: Path, seconds_per_frame: float = 0.4) -> Path | None:
+    """``progress.gif``: the sample grids in epoch order, looping; the last frame is held three times longer."""
+    frames = sorted((run_dir / SAMPLES).glob("epoch_*.png"))
+    if not frames:
+        return None
+    durations = [1000 * seconds_per_frame] * len(frames)
+    durations[-1] *= 3
+    return I.save_gif([np.asarray(Image.open(f)) for f in frames], run_dir / "progress.gif", durations)
+
+
+def write_figures(run_dir: Path, history: list[dict[str, Any]], ada_target: float | None) -> None:
+    """losses.png, scores.png and, with augmentation, augment.png (``ada_target`` drawn when adaptive)."""
+    if not history:
+        return
+    from . import plots  # matplotlib only once figures are due
+
+    plots.training_losses(history, run_dir / "losses.png")
+    plots.training_scores(history, run_dir / "scores.png")
+    if any(r.get("augment_p") is not None for r in history):
+        plots.augment_probability(history, run_dir / "augment.png", ada_target)
 
 
 # ------------------------------------------------------------------------------------------------- CLI
@@ -169,5 +281,5 @@ def cli_run(args: argparse.Namespace) -> int:
     paths = write_pngs(images, out)
     print(f"wrote {len(paths)} PNGs ({cfg.image_size}x{cfg.image_size} grayscale) to {out}")
     if args.grid:
-        print(f"wrote {write_grid(images, out / 'grid.png')}")
+        print(f"wrote {I.save_png(I.grid(images[:64], padding=2, pad_value=255, gray=True), out / 'grid.png')}")
     return 0

@@ -25,7 +25,8 @@ from torch import nn
 
 from .errors import ConfigError, RunError
 from .paths import project_path
-from .runs import load_run, to_gray_uint8
+from .images import to_gray_uint8
+from .runs import load_run
 
 __all__ = [
     "Directions",

@@ -17,10 +17,11 @@ import torch.nn.functional as F
 from helpers import assert_identical
 
 from cxr_utils import distributed, phantom
-from cxr_utils.augment import AdaptiveAugment
+from cxr_utils.ada import AdaptiveAugment
 from cxr_utils.data import from_uint8
 from cxr_utils.errors import ConfigError
-from cxr_utils.train import GANSteps, _check_world, make_config, train
+from cxr_utils.losses import GANSteps
+from cxr_utils.train import _check_world, make_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -165,10 +166,10 @@ from cxr_utils import train as T
 out, rank = Path(sys.argv[1]), int(__import__("os").environ["RANK"])
 images = phantom_images()
 built, writes = [], {"atomic_save": 0, "grid": 0}
-build, save, grid = T._build, T.runs.atomic_save, T._save_grid
+build, save, grid = T._build, T.runs.atomic_save, T.runs.write_samples
 T._build = lambda *a, **k: built.append(build(*a, **k)) or built[-1]
 T.runs.atomic_save = lambda *a, **k: writes.__setitem__("atomic_save", writes["atomic_save"] + 1) or save(*a, **k)
-T._save_grid = lambda *a, **k: writes.__setitem__("grid", writes["grid"] + 1) or grid(*a, **k)
+T.runs.write_samples = lambda *a, **k: writes.__setitem__("grid", writes["grid"] + 1) or grid(*a, **k)
 
 def state():
     parts = built[-1]
@@ -255,8 +256,8 @@ def test_stylegan2_ranks_stay_in_step_through_lazy_regularisers(ddp):
     # weights and optimisers equal; w_avg (a truncation statistic of the latents seen) is per process
     assert {k for k in s0["G"] if not torch.equal(s0["G"][k], s1["G"][k])} == {"mapping.w_avg"}
     assert_identical(s0["D"], s1["D"], "D")
-    assert_identical(s0["G_opt"], s1["G_opt"], "G_opt")
-    assert_identical(s0["D_opt"], s1["D_opt"], "D_opt")
+    assert_identical(s0["opt_g"], s1["opt_g"], "opt_g")
+    assert_identical(s0["opt_d"], s1["opt_d"], "opt_d")
     # each rank drew its own latents, but the path-length mean is averaged over ranks, so it agrees
     assert s0["pl_mean"] == s1["pl_mean"] and float(s0["pl_mean"]) > 0
     assert s0["nimg"] == 4 * 8  # this rank's images: the lazy schedule follows the global iteration

@@ -1,4 +1,4 @@
-"""StyleGAN2 networks, losses and training steps, checked against independent computations."""
+"""StyleGAN2 networks, losses and the training step, checked against independent computations."""
 
 import copy
 import io
@@ -11,14 +11,34 @@ import torch.nn.functional as F
 
 from helpers import assert_identical
 
+from cxr_utils import ada, losses
 from cxr_utils.errors import ConfigError
+from cxr_utils.models import build_discriminator, build_generator
 from cxr_utils.models import stylegan2 as sg
+from cxr_utils.models import stylegan2_loss as sgl
+from cxr_utils.train_config import make_config
 
 
 TINY_NET = dict(z_dim=16, w_dim=16, mapping_layers=2, channel_base=256, channel_max=16, mbstd_group=4)
-TINY = dict(TINY_NET, batch_size=4, lr=0.0025, betas=(0.0, 0.99), r1_gamma=1.0, r1_interval=2,
-            pl_weight=2.0, pl_interval=2, ema_kimg=0.01, ema_rampup=0.05, style_mixing_prob=0.9,
-            augment="bgc", ada_target=0.6, ada_interval=1, ada_kimg=0.1, ada_p_max=0.8)
+# The step tests' TrainConfig: TINY_NET's architecture, batch 4, R1 every 2nd D step, path length on.
+TINY = dict(sg2_arch="tiny", latent_dim=16, w_dim=16, mapping_layers=2, channel_base=256, channel_max=16,
+            mbstd_group=4, image_size=64, channels=1, batch_size=4, kimg=None, r1_gamma=1.0, r1_interval=2,
+            pl_weight=2.0, ema_kimg=0.01, ema_rampup=0.05, style_mixing=0.9, ada_interval=1, ada_kimg=0.1)
+
+
+def _tiny_nets(image_size=64, channels=1, c_dim=0):
+    net = {k: v for k, v in TINY_NET.items() if k != "mbstd_group"}
+    return (sg.Generator(image_size=image_size, channels=channels, c_dim=c_dim, **net),
+            sg.Discriminator(image_size=image_size, channels=channels, c_dim=c_dim, channel_base=256,
+                             channel_max=16, mbstd_group=4))
+
+
+def _steps(amp_dtype=None, **overrides):
+    """The one StyleGAN2 training step (as the loop builds it), with its ADA pipeline."""
+    cfg = make_config("stylegan2-cpu-small", **{**TINY, **overrides})
+    augment = ada.from_train_config(cfg)
+    return sgl.StyleGAN2Steps(build_generator(cfg), build_discriminator(cfg), cfg, torch.device("cpu"),
+                              amp_dtype, augment)
 
 
 def _tiny_G(image_size=64, channels=1, **kw):
@@ -32,7 +52,7 @@ def _tiny_G(image_size=64, channels=1, **kw):
 @pytest.mark.parametrize("size", [64, 128, 256])
 def test_shapes_at_each_resolution(size):
     torch.manual_seed(0)
-    G, D = sg.build_networks(TINY_NET, image_size=size, channels=3)
+    G, D = _tiny_nets(image_size=size, channels=3)
     z = torch.randn(2, G.latent_dim)
     img, ws = G(z, return_ws=True)
     assert img.shape == (2, 3, size, size) and torch.isfinite(img).all()
@@ -49,11 +69,24 @@ def test_invalid_sizes_and_impl_are_config_errors():
     with pytest.raises(ConfigError):
         _tiny_G(modconv_impl="fast")
     with pytest.raises(ConfigError):
-        sg.resolve_preset("nope")
+        make_config("stylegan2-cpu-small", sg2_arch="nope")
     with pytest.raises(ConfigError):
-        sg.resolve_preset("cpu-small", lr_typo=1.0)
+        make_config("stylegan2-cpu-small", lr_typo=1.0)
     with pytest.raises(ConfigError):
-        sg.build_networks({"z_dim": 8}, 64, 1)
+        make_config("stylegan2-cpu-small", mapping_layers=0)
+
+
+def test_the_networks_read_their_architecture_from_the_config_only():
+    """sg2_arch sets the five architecture fields (explicit ones win); the networks read only those."""
+    cfg = make_config("stylegan2-cpu-small", sg2_arch="tiny", channel_max=8)
+    tiny = sg.STYLEGAN2_PRESETS["tiny"]
+    assert (cfg.w_dim, cfg.mapping_layers, cfg.channel_base, cfg.mbstd_group) == \
+        (tiny["w_dim"], tiny["mapping_layers"], tiny["channel_base"], tiny["mbstd_group"])
+    assert cfg.channel_max == 8 and make_config("stylegan2-cpu-small").channel_max == 128
+    G, D = build_generator(cfg), build_discriminator(cfg)
+    assert G.init_kwargs["channel_max"] == D.init_kwargs["channel_max"] == 8
+    assert G.w_dim == tiny["w_dim"] and len(G.mapping.layers) == tiny["mapping_layers"]
+    assert D.mbstd_group == tiny["mbstd_group"]
 
 
 def test_channel_widths_of_cpu_small():
@@ -178,7 +211,7 @@ def test_noise_modes():
 
 def test_conditional_networks_need_labels():
     torch.manual_seed(0)
-    G, D = sg.build_networks(TINY_NET, 64, 1, c_dim=2)
+    G, D = _tiny_nets(64, 1, c_dim=2)
     z, c = torch.randn(2, 16), torch.eye(2)
     img = G(z, c, noise_mode="const")
     assert D(img, c).shape == (2, 1)
@@ -228,7 +261,7 @@ def test_r1_penalty_matches_finite_differences():
     torch.manual_seed(0)
     D = sg.Discriminator(image_size=8, channels=1, channel_base=32, channel_max=4, mbstd_group=2).double()
     x = torch.randn(2, 1, 8, 8, dtype=torch.float64, requires_grad=True)
-    penalty = sg.r1_penalty(D(x), x)
+    penalty = losses.r1_penalty(D(x), x)
     h = 1e-6
     grad = torch.zeros_like(x)
     with torch.no_grad():
@@ -249,7 +282,7 @@ def test_path_length_penalty_on_a_linear_map():
     ws = torch.randn(3, 2, 6, dtype=torch.float64, requires_grad=True)
     img = (ws @ A.t()).sum(dim=1).reshape(3, 1, 4, 4)
     torch.manual_seed(1)
-    penalty, new_mean = sg.path_length_penalty(img, ws, torch.tensor(1.0, dtype=torch.float64), decay=0.5)
+    penalty, new_mean = sgl.path_length_penalty(img, ws, torch.tensor(1.0, dtype=torch.float64), decay=0.5)
     torch.manual_seed(1)
     y = torch.randn(3, 1, 4, 4, dtype=torch.float64) / 4
     grad_per_layer = y.reshape(3, 16) @ A  # same for both layers
@@ -262,16 +295,16 @@ def test_path_length_penalty_on_a_linear_map():
 def test_logistic_losses():
     real, fake = torch.tensor([2.0, -1.0]), torch.tensor([0.5, -3.0])
     expected_d = torch.log1p(torch.exp(fake)).mean() + torch.log1p(torch.exp(-real)).mean()
-    torch.testing.assert_close(sg.d_logistic_loss(real, fake), expected_d)
-    torch.testing.assert_close(sg.g_nonsaturating_loss(fake), torch.log1p(torch.exp(-fake)).mean())
+    torch.testing.assert_close(losses.d_loss("ns", real, fake), expected_d)
+    torch.testing.assert_close(losses.g_loss("ns", fake), torch.log1p(torch.exp(-fake)).mean())
 
 
 def test_lazy_adam_correction():
-    opt = sg.lazy_adam([torch.nn.Parameter(torch.zeros(1))], 0.0025, (0.0, 0.99), reg_interval=16)
+    opt = sgl.lazy_adam([torch.nn.Parameter(torch.zeros(1))], 0.0025, (0.0, 0.99), reg_interval=16)
     group = opt.param_groups[0]
     assert group["lr"] == pytest.approx(0.0025 * 16 / 17)
     assert group["betas"] == pytest.approx((0.0, 0.99 ** (16 / 17)))
-    plain = sg.lazy_adam([torch.nn.Parameter(torch.zeros(1))], 0.0025, (0.0, 0.99), reg_interval=None)
+    plain = sgl.lazy_adam([torch.nn.Parameter(torch.zeros(1))], 0.0025, (0.0, 0.99), reg_interval=None)
     assert plain.param_groups[0]["lr"] == 0.0025
 
 
@@ -287,81 +320,96 @@ def _changed(before, module):
 
 def test_steps_update_only_their_network_and_run_the_regularisers():
     torch.manual_seed(0)
-    steps = sg.build_training(TINY, image_size=64, channels=1)
+    steps = _steps()
     real = torch.rand(4, 1, 64, 64) * 2 - 1
     g0, d0 = _params(steps.G), _params(steps.D)
-    d_stats = steps.d_step(real, step_idx=0)
-    assert {"loss_D", "D_real", "D_fake", "r1_penalty", "aug_p", "ada_rt"} <= set(d_stats)
-    assert all(torch.isfinite(v) for k, v in d_stats.items() if k != "ada_rt")
+    d_stats = steps.d_step(real)  # iteration 0: the lazy R1 step is due
+    assert {"loss_D", "D_real", "D_fake", "D_x", "D_G_z1", "r1_penalty"} <= set(d_stats)
+    assert all(torch.isfinite(v) for v in d_stats.values())
     assert _changed(d0, steps.D) and not _changed(g0, steps.G)
-    assert steps.nimg == 4 and "r1_penalty" not in steps.d_step(real, step_idx=1)
+    assert steps.nimg == 4
 
     d1 = _params(steps.D)
-    g_stats = steps.g_step(4, step_idx=0)
-    assert {"loss_G", "pl_penalty", "pl_mean"} <= set(g_stats)
+    g_stats = steps.g_step()  # iteration 0: the lazy path-length step is due
+    assert {"loss_G", "D_G_z2", "pl_penalty", "pl_mean"} <= set(g_stats)
     assert _changed(g0, steps.G) and not _changed(d1, steps.D)
     assert all(p.requires_grad for p in steps.D.parameters())  # frozen only during the G step
     assert steps.G.mapping.w_avg.abs().sum() > 0
+    assert "r1_penalty" not in steps.d_step(real)  # iteration 1: R1 every 2nd, path length every 4th
+    assert "pl_penalty" not in steps.g_step()
 
 
-def test_bf16_and_conditional_steps_run():
+def test_optimisers_carry_the_lazy_regularisation_correction():
+    steps = _steps(lr_g=0.002, lr_d=0.003)
+    g, d = steps.opt_g.param_groups[0], steps.opt_d.param_groups[0]
+    assert g["lr"] == pytest.approx(0.002 * 4 / 5) and d["lr"] == pytest.approx(0.003 * 2 / 3)
+    assert d["betas"] == pytest.approx((0.0, 0.99 ** (2 / 3)))
+    plain = _steps(r1_gamma=0.0, pl_weight=0.0)
+    assert plain.opt_d.param_groups[0]["lr"] == 0.0025 and plain.opt_g.param_groups[0]["lr"] == 0.0025
+
+
+def test_bf16_steps_run():
     torch.manual_seed(0)
-    steps = sg.build_training(dict(TINY, precision="bf16"), image_size=64, channels=3, c_dim=2)
-    labels = torch.eye(2).repeat(2, 1)
-    d_stats = steps.d_step(torch.rand(4, 3, 64, 64) * 2 - 1, 0, labels=labels)
-    g_stats = steps.g_step(4, 0, labels=labels)
+    steps = _steps(amp_dtype=torch.bfloat16, channels=3)
+    d_stats = steps.d_step(torch.rand(4, 3, 64, 64) * 2 - 1)
+    g_stats = steps.g_step()
     assert torch.isfinite(d_stats["loss_D"]) and torch.isfinite(g_stats["loss_G"])
     assert torch.isfinite(g_stats["pl_penalty"])
 
 
 def test_ema_update_half_life_and_rampup():
+    """StyleGAN2 uses the loop's EMA: half-life ema_kimg, capped at ema_rampup * images seen."""
+    from cxr_utils.train import ema_beta, ema_update
+
     torch.manual_seed(0)
-    steps = sg.build_training(dict(TINY, ema_kimg=1.0, ema_rampup=0.5), image_size=64, channels=1)
-    ema_before = _params(steps.G_ema)
+    steps = _steps()
+    G_ema = copy.deepcopy(steps.G)
+    ema_before = _params(G_ema)
     with torch.no_grad():
         for p in steps.G.parameters():
             p.add_(1.0)
-    steps.nimg = 400  # ramp-up: half-life min(1000, 0.5 * 400) = 200 images
-    beta = steps.ema_update(batch_size=100)
+    cfg = make_config("stylegan2-cpu-small", **{**TINY, "ema_kimg": 1.0, "ema_rampup": 0.5, "batch_size": 100})
+    beta = ema_beta(cfg, images_seen=400)  # ramp-up: half-life min(1000, 0.5 * 400) = 200 images
     assert beta == pytest.approx(0.5 ** (100 / 200))
-    for e0, e, g in zip(ema_before, steps.G_ema.parameters(), steps.G.parameters()):
+    ema_update(G_ema, steps.G, beta)
+    for e0, e, g in zip(ema_before, G_ema.parameters(), steps.G.parameters()):
         torch.testing.assert_close(e, beta * e0 + (1 - beta) * g)
 
 
-def test_state_dict_round_trip_restores_p_ema_and_training():
+def test_state_dict_round_trip_restores_p_and_training():
     torch.manual_seed(0)
-    steps = sg.build_training(TINY, image_size=64, channels=1)
+    steps = _steps()
     steps.augment.interval = 3  # leave the ADA accumulators mid-interval
     real = torch.rand(4, 1, 64, 64) * 2 - 1
     steps.augment.p = 0.3
-    for i in range(2):
-        steps.d_step(real, i)
-        steps.g_step(4, i)
-        steps.ema_update(4)
+    for _ in range(2):
+        steps.d_step(real)
+        steps.g_step()
     buffer = io.BytesIO()
-    torch.save(steps.state_dict(), buffer)
+    torch.save({"steps": steps.state_dict(), "augment": steps.augment.state_dict()}, buffer)
 
     torch.manual_seed(123)
-    other = sg.build_training(TINY, image_size=64, channels=1)
+    other = _steps()
     other.augment.interval = 3
     buffer.seek(0)
-    other.load_state_dict(torch.load(buffer, weights_only=True))
+    state = torch.load(buffer, weights_only=True)
+    other.load_state_dict(state["steps"])
+    other.augment.load_state_dict(state["augment"])
     assert other.augment.p == steps.augment.p and other.nimg == steps.nimg
+    assert torch.equal(other.pl_mean, steps.pl_mean)
     for name in ("aug_p", "sign_sum", "sign_count", "batches"):
         assert torch.equal(getattr(other.augment, name), getattr(steps.augment, name))
-    for a, b in zip(other.G_ema.state_dict().values(), steps.G_ema.state_dict().values()):
-        assert torch.equal(a, b)
 
     results = []
     for s in (steps, other):  # same seed from here: both continue identically
         torch.manual_seed(7)
-        s.d_step(real, 2)
-        s.g_step(4, 2)
-        s.ema_update(4)
-        results.append((copy.deepcopy(s.G_ema.state_dict()), s.augment.p))
-    assert results[0][1] == results[1][1]
-    for a, b in zip(results[0][0].values(), results[1][0].values()):
-        assert torch.equal(a, b)
+        s.d_step(real)
+        s.g_step()
+        results.append((copy.deepcopy(s.G.state_dict()), copy.deepcopy(s.D.state_dict()), s.augment.p))
+    assert results[0][2] == results[1][2]
+    for net in (0, 1):
+        for a, b in zip(results[0][net].values(), results[1][net].values()):
+            assert torch.equal(a, b)
 
 
 # ------------------------------------------------------------------------- through the shared loop

@@ -20,7 +20,8 @@ from cxr_utils.data import from_uint8
 from cxr_utils.errors import ConfigError, RunError
 from helpers import assert_identical
 
-from cxr_utils.train import TrainConfig, config_from_args, d_loss, g_loss, make_config, train
+from cxr_utils.losses import d_loss, g_loss
+from cxr_utils.train import TrainConfig, config_from_args, make_config, train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -305,7 +306,7 @@ def test_steps_match_a_plain_reference_loop(images):
     from torch import nn
 
     from cxr_utils.models import build_discriminator, build_generator
-    from cxr_utils.train import GANSteps
+    from cxr_utils.losses import GANSteps
 
     cfg = tiny()
     torch.manual_seed(0)

@@ -1,9 +1,10 @@
 """Model families by name, so the training loop and run loading never name a model themselves.
 
 A family is a module that defines ``build_generator(cfg)`` and ``build_discriminator(cfg)`` (cfg is a
-``train.TrainConfig``) and may define ``Steps``, a ``train.GANSteps`` subclass with its own losses and
-regularisers; without one the shared adversarial steps are used. Adding a family is one line in
-``MODELS``; modules are imported only when asked for.
+``train_config.TrainConfig``) and may define ``Steps``, a ``losses.GANSteps`` subclass with its own
+losses and regularisers (StyleGAN2's lives in ``stylegan2_loss.py``, exported by ``stylegan2.py``);
+without one the shared adversarial steps (``GANSteps``: DCGAN's) are used. Adding a family is one
+module plus one line in ``MODELS``; modules are imported only when asked for.
 """
 
 from __future__ import annotations

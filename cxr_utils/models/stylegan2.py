@@ -25,41 +25,26 @@ Design choices
   group (a group of one has no spread).
 * Style mixing draws the crossover point per sample (the paper mixes a percentage of images).
 
-Interface for the training loop (no I/O here)
---------------------------------------------
-::
-
-    steps = build_training("cpu-small", image_size=64, channels=1, device="cpu")
-    for step_idx, real in enumerate(batches):                      # real: N x C x H x W in [-1, 1]
-        d_stats = steps.d_step(real, step_idx)                     # D main step (+ lazy R1 step)
-        g_stats = steps.g_step(real.shape[0], step_idx)            # G main step (+ lazy path length)
-        steps.ema_update(real.shape[0])                            # G_ema <- G
-    state = steps.state_dict()                                     # models, EMA, optimisers, ADA, counters
-    steps.load_state_dict(state)
-
-``d_step``/``g_step`` return dicts of detached 0-dim tensors (no device sync per iteration; ``float()``
-them for logging): losses, mean logits, ``aug_p``/``ada_rt``, and ``r1_penalty``/``pl_penalty`` on the
-minibatches where a lazy regulariser ran. ``steps.G_ema`` is the generator to sample from;
-``steps.nimg`` counts real images shown to D. ``StyleGAN2Steps(G, D, G_ema, augment, cfg)`` accepts any
-mapping (a preset dict) or object whose attributes name :class:`StepConfig` fields; unrelated keys are
-ignored.
+Training
+--------
+This module holds the networks only. The family's training step (logistic loss, lazy R1 and
+path-length regularisation, style mixing) is ``models/stylegan2_loss.StyleGAN2Steps``, exported here as
+``Steps`` for the model registry; ``build_generator`` / ``build_discriminator`` read the architecture
+from a ``TrainConfig`` (``latent_dim``, ``w_dim``, ``mapping_layers``, ``channel_base``,
+``channel_max``, ``mbstd_group``, ``modconv_impl``), whose ``sg2_arch`` preset may set them.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
-import dataclasses
 import math
-from typing import Any, Iterable, Iterator, Literal, Mapping
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .. import distributed
-from ..augment import AdaptiveAugment
 from ..errors import ConfigError
+from .stylegan2_loss import StyleGAN2Steps as Steps  # noqa: F401  (the family's training step)
 
 ModconvImpl = Literal["grouped", "activation", "auto"]
 NoiseMode = Literal["random", "const", "none"]
@@ -119,31 +104,6 @@ STYLEGAN2_PRESETS: dict[str, dict[str, Any]] = {
         augment="bgc", ada_target=0.6, ada_interval=1, ada_kimg=0.5, ada_p_max=0.8,
     ),
 }
-
-_NETWORK_FIELDS = ("z_dim", "w_dim", "mapping_layers", "channel_base", "channel_max", "mbstd_group",
-                   "modconv_impl")
-_AUGMENT_FIELDS = ("augment", "ada_target", "ada_interval", "ada_kimg", "ada_p_max", "augment_mode",
-                   "augment_p")
-
-
-def resolve_preset(preset: str | Mapping[str, Any], **overrides: Any) -> dict[str, Any]:
-    """A preset name or dict, with overrides; names outside the known fields are errors."""
-    if isinstance(preset, str):
-        if preset not in STYLEGAN2_PRESETS:
-            raise ConfigError(f"unknown StyleGAN2 preset {preset!r}; choose from "
-                              f"{', '.join(STYLEGAN2_PRESETS)}")
-        preset = STYLEGAN2_PRESETS[preset]
-    cfg = {**preset, **overrides}
-    known = set(_NETWORK_FIELDS) | set(_AUGMENT_FIELDS) | {f.name for f in dataclasses.fields(StepConfig)}
-    known.add("batch_size")
-    unknown = sorted(set(cfg) - known)
-    if unknown:
-        raise ConfigError(f"unknown StyleGAN2 setting(s) {unknown}; known: {', '.join(sorted(known))}")
-    missing = [k for k in _NETWORK_FIELDS if k not in cfg and k != "modconv_impl"]
-    if missing:
-        raise ConfigError(f"StyleGAN2 settings lack the network field(s) {missing}")
-    return cfg
-
 
 # --------------------------------------------------------------------------------------------------
 # Equalised-learning-rate layers and resampling
@@ -528,333 +488,16 @@ class Discriminator(nn.Module):
 
 
 # --------------------------------------------------------------------------------------------------
-# Losses and regularisers
-# --------------------------------------------------------------------------------------------------
-
-def d_logistic_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
-    """Non-saturating logistic loss of D: softplus(D(fake)) + softplus(-D(real))."""
-    return F.softplus(fake_logits.float()).mean() + F.softplus(-real_logits.float()).mean()
-
-
-def g_nonsaturating_loss(fake_logits: Tensor) -> Tensor:
-    """Non-saturating loss of G: softplus(-D(G(z)))."""
-    return F.softplus(-fake_logits.float()).mean()
-
-
-def r1_penalty(real_logits: Tensor, real_img: Tensor) -> Tensor:
-    """Per-sample squared norm of dD/dx at the reals (graph kept, so it can be minimised)."""
-    (grad,) = torch.autograd.grad(real_logits.float().sum(), real_img, create_graph=True)
-    return grad.square().sum(dim=(1, 2, 3))
-
-
-def path_length_penalty(img: Tensor, ws: Tensor, pl_mean: Tensor, decay: float = 0.01) -> tuple[Tensor, Tensor]:
-    """Per-sample (|J_w^T y| - a)^2 with y ~ N(0, I)/sqrt(HW) and a the running mean length.
-
-    Returns the penalty and the updated running mean (detached). Under torchrun the mean length of the
-    batch is averaged over processes first, so every rank keeps the same running mean (and a resume
-    is exact).
-    """
-    h, w = img.shape[2:]
-    noise = torch.randn_like(img) / math.sqrt(h * w)
-    (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
-    lengths = grad.square().sum(dim=2).mean(dim=1).sqrt()
-    new_mean = pl_mean.lerp(distributed.all_reduce_mean(lengths.mean().detach()), decay)
-    return (lengths - new_mean).square(), new_mean
-
-
-def lazy_adam(params: Iterable[nn.Parameter], lr: float, betas: tuple[float, float],
-              reg_interval: int | None) -> torch.optim.Adam:
-    """Adam with the lazy-regularisation correction: a regulariser run as a separate step every
-    ``reg_interval`` minibatches adds steps, so lr and betas are scaled by interval / (interval + 1)."""
-    if reg_interval:
-        ratio = reg_interval / (reg_interval + 1)
-        lr, betas = lr * ratio, (betas[0] ** ratio, betas[1] ** ratio)
-    return torch.optim.Adam(params, lr=lr, betas=betas, eps=1e-8)
-
-
-# --------------------------------------------------------------------------------------------------
-# Training steps
-# --------------------------------------------------------------------------------------------------
-
-@dataclasses.dataclass
-class StepConfig:
-    """Hyper-parameters of one training iteration (field names match the preset dicts)."""
-
-    lr: float = 0.0025
-    betas: tuple[float, float] = (0.0, 0.99)
-    r1_gamma: float = 1.0
-    r1_interval: int = 16
-    pl_weight: float = 0.0
-    pl_interval: int = 4
-    pl_decay: float = 0.01
-    pl_batch_shrink: int = 2
-    style_mixing_prob: float = 0.9
-    ema_kimg: float = 10.0
-    ema_rampup: float | None = 0.05
-    precision: Literal["fp32", "bf16"] = "fp32"
-
-    @classmethod
-    def from_any(cls, cfg: Any) -> "StepConfig":
-        """Pick the known fields from a mapping or an object's attributes; others are ignored."""
-        names = [f.name for f in dataclasses.fields(cls)]
-        if isinstance(cfg, Mapping):
-            values = {k: cfg[k] for k in names if k in cfg}
-        else:
-            values = {k: getattr(cfg, k) for k in names if hasattr(cfg, k)}
-        if "betas" in values:
-            values["betas"] = tuple(values["betas"])
-        if values.get("precision", "fp32") not in ("fp32", "bf16"):
-            raise ConfigError(f"precision must be 'fp32' or 'bf16', got {values['precision']!r}")
-        return cls(**values)
-
-
-@contextlib.contextmanager
-def _frozen(module: nn.Module) -> Iterator[None]:
-    """Switch a network's parameter gradients off for one phase (saves the unused half of backward)."""
-    module.requires_grad_(False)
-    try:
-        yield
-    finally:
-        module.requires_grad_(True)
-
-
-class StyleGAN2Steps:
-    """One StyleGAN2-ADA iteration split into D and G steps; owns the optimisers and regulariser state."""
-
-    def __init__(self, G: Generator, D: Discriminator, G_ema: Generator | None, augment: AdaptiveAugment | None,
-                 cfg: Any = None) -> None:
-        self.G, self.D, self.G_ema, self.augment = G, D, G_ema, augment
-        self.cfg = StepConfig.from_any(cfg if cfg is not None else {})
-        c = self.cfg
-        self.G_opt = lazy_adam(G.parameters(), c.lr, c.betas, c.pl_interval if c.pl_weight > 0 else None)
-        self.D_opt = lazy_adam(D.parameters(), c.lr, c.betas, c.r1_interval if c.r1_gamma > 0 else None)
-        self.pl_mean = torch.zeros([], device=self.device)
-        self.nimg = 0
-        if G_ema is not None:  # None when the caller (the shared training loop) keeps the EMA itself
-            G_ema.requires_grad_(False).eval()
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.G.parameters()).device
-
-    def _autocast(self) -> contextlib.AbstractContextManager:
-        if self.cfg.precision == "bf16":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
-
-    def _run_D(self, img: Tensor, labels: Tensor | None) -> Tensor:
-        if self.augment is not None:
-            img = self.augment(img)
-        return self.D(img, labels)
-
-    def _generate(self, n: int, labels: Tensor | None, update_w_avg: bool = False) -> tuple[Tensor, Tensor]:
-        z = torch.randn(n, self.G.z_dim, device=self.device)
-        ws = self.G.mapping_mixed(z, labels, mixing_prob=self.cfg.style_mixing_prob, update_w_avg=update_w_avg)
-        return self.G.synthesis(ws, noise_mode="random"), ws
-
-    def d_step(self, real: Tensor, step_idx: int, labels: Tensor | None = None) -> dict[str, Tensor]:
-        """D main step on a real batch and as many fakes (+ the lazy R1 step when due)."""
-        n = real.shape[0]
-        real = real.to(self.device)
-        labels = None if labels is None else labels.to(self.device)
-        stats: dict[str, Tensor] = {}
-        with torch.no_grad(), self._autocast():
-            fake, _ = self._generate(n, labels)
-        with self._autocast():
-            fake_logits = self._run_D(fake, labels)
-            real_logits = self._run_D(real, labels)
-        loss = d_logistic_loss(real_logits, fake_logits)
-        self.D_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.average_gradients(self.D)
-        self.D_opt.step()
-        if self.augment is not None:
-            self.augment.update(real_logits)
-            stats.update(aug_p=self.augment.aug_p.float().clone(), ada_rt=self.augment.last_rt.float().clone())
-        real_logits, fake_logits = real_logits.detach().float(), fake_logits.detach().float()
-        stats.update(loss_D=loss.detach(), D_real=real_logits.mean(), D_fake=fake_logits.mean(),
-                     D_real_sign=real_logits.sign().mean(), D_x=torch.sigmoid(real_logits).mean(),
-                     D_G_z1=torch.sigmoid(fake_logits).mean())
-        if self.cfg.r1_gamma > 0 and step_idx % self.cfg.r1_interval == 0:
-            stats["r1_penalty"] = self._r1_step(real, labels)
-        self.nimg += n
-        return stats
-
-    def _r1_step(self, real: Tensor, labels: Tensor | None) -> Tensor:
-        real = real.detach().requires_grad_(True)
-        penalty = r1_penalty(self._run_D(real, labels), real)  # in fp32: a gradient of a gradient
-        loss = penalty.mean() * (self.cfg.r1_gamma / 2) * self.cfg.r1_interval
-        self.D_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.average_gradients(self.D)
-        self.D_opt.step()
-        return penalty.detach().mean()
-
-    def g_step(self, batch_size: int, step_idx: int, labels: Tensor | None = None) -> dict[str, Tensor]:
-        """G main step on ``batch_size`` fakes (+ the lazy path-length step when due); ``labels`` are
-        the classes to generate (conditional models only)."""
-        labels = None if labels is None else labels.to(self.device)
-        with _frozen(self.D):
-            with self._autocast():
-                fake, _ = self._generate(batch_size, labels, update_w_avg=True)
-                logits = self._run_D(fake, labels)
-                loss = g_nonsaturating_loss(logits)
-            self.G_opt.zero_grad(set_to_none=True)
-            loss.backward()
-            distributed.average_gradients(self.G)
-            self.G_opt.step()
-            stats = {"loss_G": loss.detach(), "D_G_z2": torch.sigmoid(logits.detach().float()).mean()}
-            if self.cfg.pl_weight > 0 and step_idx % self.cfg.pl_interval == 0:
-                stats.update(self._pl_step(batch_size, labels))
-        return stats
-
-    def _pl_step(self, batch_size: int, labels: Tensor | None) -> dict[str, Tensor]:
-        n = max(batch_size // self.cfg.pl_batch_shrink, 1)
-        img, ws = self._generate(n, None if labels is None else labels[:n])
-        penalty, self.pl_mean = path_length_penalty(img, ws, self.pl_mean, self.cfg.pl_decay)
-        loss = penalty.mean() * self.cfg.pl_weight * self.cfg.pl_interval
-        self.G_opt.zero_grad(set_to_none=True)
-        loss.backward()
-        distributed.average_gradients(self.G)
-        self.G_opt.step()
-        return {"pl_penalty": penalty.detach().mean(), "pl_mean": self.pl_mean.clone()}
-
-    @torch.no_grad()
-    def ema_update(self, batch_size: int) -> float:
-        """G_ema <- lerp(G, G_ema, beta) with a half-life of ema_kimg (ramped up early); returns beta."""
-        if self.G_ema is None:
-            raise ConfigError("these steps keep no EMA generator (G_ema=None)")
-        ema_nimg = self.cfg.ema_kimg * 1000
-        if self.cfg.ema_rampup:
-            ema_nimg = min(ema_nimg, self.nimg * self.cfg.ema_rampup)
-        beta = 0.5 ** (batch_size / max(ema_nimg, 1e-8))
-        for p_ema, p in zip(self.G_ema.parameters(), self.G.parameters()):
-            p_ema.copy_(p.detach().lerp(p_ema, beta))
-        for b_ema, b in zip(self.G_ema.buffers(), self.G.buffers()):
-            b_ema.copy_(b)
-        return beta
-
-    def state_dict(self) -> dict[str, Any]:
-        return {
-            "G": self.G.state_dict(), "D": self.D.state_dict(),
-            "G_ema": None if self.G_ema is None else self.G_ema.state_dict(),
-            "G_opt": self.G_opt.state_dict(), "D_opt": self.D_opt.state_dict(),
-            "augment": None if self.augment is None else self.augment.state_dict(),
-            "pl_mean": self.pl_mean.clone(), "nimg": self.nimg,
-        }
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.G.load_state_dict(state["G"])
-        self.D.load_state_dict(state["D"])
-        if self.G_ema is not None:
-            self.G_ema.load_state_dict(state["G_ema"])
-        self.G_opt.load_state_dict(state["G_opt"])
-        self.D_opt.load_state_dict(state["D_opt"])
-        if self.augment is not None and state["augment"] is not None:
-            self.augment.load_state_dict(state["augment"])
-        self.pl_mean = state["pl_mean"].to(self.device).clone()
-        self.nimg = int(state["nimg"])
-
-
-# --------------------------------------------------------------------------------------------------
-# Construction from a preset
-# --------------------------------------------------------------------------------------------------
-
-def build_networks(preset: str | Mapping[str, Any], image_size: int, channels: int, c_dim: int = 0,
-                   **overrides: Any) -> tuple[Generator, Discriminator]:
-    cfg = resolve_preset(preset, **overrides)
-    G = Generator(z_dim=cfg["z_dim"], w_dim=cfg["w_dim"], image_size=image_size, channels=channels,
-                  mapping_layers=cfg["mapping_layers"], channel_base=cfg["channel_base"],
-                  channel_max=cfg["channel_max"], c_dim=c_dim, modconv_impl=cfg.get("modconv_impl", "auto"))
-    D = Discriminator(image_size=image_size, channels=channels, channel_base=cfg["channel_base"],
-                      channel_max=cfg["channel_max"], c_dim=c_dim, mbstd_group=cfg["mbstd_group"])
-    return G, D
-
-
-def build_augment(preset: str | Mapping[str, Any], **overrides: Any) -> AdaptiveAugment:
-    """The ADA pipeline of a preset (``augment_mode='fixed'`` with ``augment_p`` for a constant p)."""
-    cfg = resolve_preset(preset, **overrides)
-    return AdaptiveAugment(pipeline=cfg.get("augment", "bgc"), mode=cfg.get("augment_mode", "ada"),
-                           p=cfg.get("augment_p", 0.0), target=cfg.get("ada_target", 0.6),
-                           interval=cfg.get("ada_interval", 4), kimg=cfg.get("ada_kimg", 500),
-                           p_max=cfg.get("ada_p_max", 0.8))
-
-
-def build_training(preset: str | Mapping[str, Any], image_size: int, channels: int, c_dim: int = 0,
-                   device: str | torch.device = "cpu", **overrides: Any) -> StyleGAN2Steps:
-    """G, D, G_ema (a copy of G), the augmentation pipeline and the step object, on ``device``."""
-    cfg = resolve_preset(preset, **overrides)
-    G, D = build_networks(cfg, image_size, channels, c_dim)
-    G, D = G.to(device), D.to(device)
-    G_ema = copy.deepcopy(G)
-    augment = build_augment(cfg).to(device)
-    return StyleGAN2Steps(G, D, G_ema, augment, cfg)
-
-
-# --------------------------------------------------------------------------------------------------
-# The shared training loop's interface (cxr_utils.train): built from a TrainConfig
+# Construction from a TrainConfig (the model registry's interface)
 # --------------------------------------------------------------------------------------------------
 
 def build_generator(cfg: Any) -> Generator:
-    """G for a ``train.TrainConfig`` with ``model="stylegan2"`` (widths from its ``sg2_arch`` preset)."""
-    arch = resolve_preset(cfg.sg2_arch)
-    return Generator(z_dim=cfg.latent_dim, w_dim=arch["w_dim"], image_size=cfg.image_size,
-                     channels=cfg.channels, mapping_layers=arch["mapping_layers"],
-                     channel_base=arch["channel_base"], channel_max=arch["channel_max"])
+    """G for a ``TrainConfig`` with ``model="stylegan2"``: its architecture fields only."""
+    return Generator(z_dim=cfg.latent_dim, w_dim=cfg.w_dim, image_size=cfg.image_size, channels=cfg.channels,
+                     mapping_layers=cfg.mapping_layers, channel_base=cfg.channel_base,
+                     channel_max=cfg.channel_max, modconv_impl=cfg.modconv_impl)
 
 
 def build_discriminator(cfg: Any) -> Discriminator:
-    arch = resolve_preset(cfg.sg2_arch)
-    return Discriminator(image_size=cfg.image_size, channels=cfg.channels, channel_base=arch["channel_base"],
-                         channel_max=arch["channel_max"], mbstd_group=arch["mbstd_group"])
-
-
-class Steps:
-    """``StyleGAN2Steps`` behind the interface of ``train.GANSteps``, so the shared loop trains StyleGAN2.
-
-    The loop owns the EMA generator (with ``ema_rampup``), the ADA module (this class only feeds it
-    through ``StyleGAN2Steps``, which calls ``augment.update``) and the counters; this class owns the
-    optimisers (lazy-regularisation corrected, G and D at their own learning rates) and the path-length
-    mean. Lazy R1 / path-length steps are scheduled by the iteration index, derived from images seen,
-    so they land on the same iterations after a resume.
-    """
-
-    def __init__(self, G: Generator, D: Discriminator, cfg: Any, device: torch.device,
-                 amp_dtype: torch.dtype | None, augment: AdaptiveAugment | None = None) -> None:
-        self.G, self.D, self.cfg, self.device = G, D, cfg, device
-        step_cfg = dict(lr=cfg.lr_g, betas=(cfg.beta1, cfg.beta2), r1_gamma=cfg.r1_gamma,
-                        r1_interval=cfg.r1_interval, pl_weight=cfg.pl_weight, style_mixing_prob=cfg.style_mixing,
-                        precision="bf16" if amp_dtype == torch.bfloat16 else "fp32")
-        self.inner = StyleGAN2Steps(G, D, None, augment, step_cfg)
-        c = self.inner.cfg
-        self.inner.D_opt = lazy_adam(D.parameters(), cfg.lr_d, c.betas, c.r1_interval if c.r1_gamma > 0 else None)
-        self.opt_g, self.opt_d = self.inner.G_opt, self.inner.D_opt
-
-    def _iteration(self) -> int:
-        return self.inner.nimg // self.cfg.batch_size
-
-    def d_step(self, real: Tensor) -> dict[str, Tensor]:
-        self._last = (real.shape[0], self._iteration())
-        stats = self.inner.d_step(real, self._last[1])
-        return {k: v for k, v in stats.items() if k not in ("aug_p", "ada_rt")}  # the loop logs ADA itself
-
-    def g_step(self) -> dict[str, Tensor]:
-        n, idx = self._last
-        return self.inner.g_step(n, idx)
-
-    @torch.no_grad()
-    def render(self, G: nn.Module, z: Tensor) -> Tensor:
-        """Progress-grid images: constant noise inputs, so frames differ only by training."""
-        was_training = G.training
-        G.eval()
-        out = G(z, noise_mode="const").float()
-        G.train(was_training)
-        return out
-
-    def state_dict(self) -> dict[str, Any]:
-        state = self.inner.state_dict()
-        state.pop("augment")  # saved by the loop
-        return state
-
-    def load_state_dict(self, state: Mapping[str, Any]) -> None:
-        self.inner.load_state_dict({**state, "augment": None})
+    return Discriminator(image_size=cfg.image_size, channels=cfg.channels, channel_base=cfg.channel_base,
+                         channel_max=cfg.channel_max, mbstd_group=cfg.mbstd_group)

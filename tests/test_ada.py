@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from cxr_utils.augment import ALL_OPS, COLOR_OPS, GEOMETRIC_OPS, PIPELINES, AdaptiveAugment, from_train_config
+from cxr_utils.ada import ALL_OPS, COLOR_OPS, GEOMETRIC_OPS, PIPELINES, AdaptiveAugment, from_train_config
 from cxr_utils.errors import ConfigError
 
 

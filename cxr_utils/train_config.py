@@ -1,0 +1,238 @@
+"""What defines a training run: ``TrainConfig``, the named presets, and building one from CLI flags.
+
+``make_config(preset, **overrides)`` is the way in (a preset plus Python values or CLI strings,
+validated); ``PRESETS`` holds the DCGAN references, the stabilised recipe and the StyleGAN2-ADA
+configurations; ``RESUMABLE_CHANGES`` names the fields a resumed run may change. StyleGAN2's
+architecture (``w_dim``, ``mapping_layers``, ``channel_base``, ``channel_max``, ``mbstd_group``) lives
+here as plain fields, which is all the networks read; ``sg2_arch`` names the ``STYLEGAN2_PRESETS``
+entry that sets them (``--sg2-arch tiny`` resets all five unless they are given as well).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Mapping
+
+from . import config as C
+from .errors import ConfigError
+from .models import MODELS
+from .models.stylegan2 import STYLEGAN2_PRESETS
+from .paths import project_path
+
+# The StyleGAN2 architecture fields a ``STYLEGAN2_PRESETS`` entry (``sg2_arch``) sets.
+SG2_ARCH_FIELDS = ("w_dim", "mapping_layers", "channel_base", "channel_max", "mbstd_group")
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run; defaults are Reference A (the `lungcancer-dcgan` preset)."""
+
+    model: str = C.option("dcgan", f"model family: {' | '.join(MODELS)}")
+    source: str = C.option("phantom", "data source for data.load (folder, medmnist:<flag>, phantom[:N])")
+    classes: tuple[str, ...] | None = C.option(None, "train on these classes only (comma-separated); None = all")
+    image_size: int = C.option(64, "square image size, a power of two >= 16")
+    channels: int = C.option(3, "1 = grayscale, 3 = grayscale replicated to RGB (the references)")
+    latent_dim: int = C.option(128, "size of the latent vector z")
+    base: int = C.option(64, "network width: channels of the highest-resolution layer")
+    batch_size: int = C.option(128, "images per D step (the global batch: split over torchrun's processes)")
+    epochs: int = C.option(25, "passes over the data set")
+    kimg: float | None = C.option(None, "budget in thousands of real images shown; overrides epochs (rounded up)")
+    time_budget_s: float | None = C.option(None, "also stop at the end of the first epoch at which the training "
+                                                 "time (summed over resumed segments) reaches this many seconds")
+    lr_g: float = C.option(2e-4, "generator Adam learning rate")
+    lr_d: float = C.option(2e-4, "discriminator Adam learning rate (lr_d > lr_g = TTUR)")
+    beta1: float = C.option(0.5, "Adam beta1")
+    beta2: float = C.option(0.999, "Adam beta2")
+    loss: Literal["bce", "ns", "hinge"] = C.option("bce", "bce (reference), ns (softplus form) or hinge")
+    label_smoothing: float = C.option(0.0, "one-sided: real target 1 - this (bce only)")
+    spectral_norm: bool = C.option(False, "spectral normalisation on every D conv")
+    d_batchnorm: bool = C.option(True, "BatchNorm in D (the reference has it)")
+    ema_kimg: float = C.option(0.0, "half-life of the EMA of G weights in kimg; 0 = no EMA")
+    ema_rampup: float | None = C.option(None, "cap the EMA half-life at this fraction of the images seen "
+                                              "(StyleGAN2's ramp-up); None = a fixed half-life")
+    augment: Literal["none", "diffaug", "ada"] = C.option("none", "differentiable augmentation of D inputs")
+    augment_p: float = C.option(0.0, "augmentation probability (fixed for diffaug, initial for ada)")
+    ada_target: float = C.option(0.6, "ADA target for E[sign(D(real))]")
+    ada_interval: int = C.option(4, "ADA adjusts p every this many D steps")
+    ada_kimg: float = C.option(500.0, "ADA speed: p can move from 0 to 1 in this many kimg")
+    ada_p_max: float = C.option(0.8, "cap on ADA's p (the official code has none)")
+    sg2_arch: str = C.option("cpu-small", "StyleGAN2 architecture preset (models.stylegan2.STYLEGAN2_PRESETS): "
+                                          "sets the five fields below")
+    w_dim: int = C.option(128, "StyleGAN2 width of w (the mapping network's output)")
+    mapping_layers: int = C.option(2, "StyleGAN2 mapping network depth")
+    channel_base: int = C.option(2048, "StyleGAN2 feature maps at resolution r: min(channel_base / r, channel_max)")
+    channel_max: int = C.option(128, "StyleGAN2 cap on feature maps per resolution")
+    mbstd_group: int = C.option(4, "StyleGAN2 minibatch-stddev group size")
+    modconv_impl: Literal["auto", "activation", "grouped"] = C.option("auto", "StyleGAN2 modulated convolution form")
+    r1_gamma: float = C.option(0.0, "R1 penalty weight (StyleGAN2; lazy, every r1_interval D steps)")
+    r1_interval: int = C.option(16, "D steps between lazy R1 steps")
+    pl_weight: float = C.option(0.0, "path-length regularisation weight (StyleGAN2); 0 = off")
+    style_mixing: float = C.option(0.0, "style-mixing probability (StyleGAN2)")
+    n_dis: int = C.option(1, "D steps per G step")
+    sync_batchnorm: bool = C.option(False, "under torchrun: BatchNorm statistics over all processes (CUDA only)")
+    seed: int = C.option(0, "seeds weights, latents, data order and augmentation (not the data itself)")
+    precision: Literal["auto", "fp32", "bf16"] = C.option("auto", "auto: bf16 autocast where measured faster")
+    channels_last: bool | Literal["auto"] = C.option("auto", "channels-last memory format (auto: where faster)")
+    compile: bool = C.option(False, "torch.compile the G and D forwards")
+    device: str = C.option("auto", "auto | cpu | cuda[:i]")
+    sample_every: int = C.option(1, "write a fixed-noise sample grid every N epochs")
+    checkpoint_every: int = C.option(5, "write training-state.pt every N epochs (and at the end)")
+    grid_epochs: tuple[int, ...] = C.option((1, 10, 25), "epochs whose sample grids are always written")
+    n_fixed: int = C.option(64, "number of fixed latents for the sample grids")
+    max_images: int | None = C.option(None, "cap on the data set size (a fixed random subset)")
+    num_data: int | None = C.option(None, "phantom size when source is plain 'phantom'")
+
+    def validate(self) -> None:
+        rules = [
+            (self.model in MODELS, f"model must be one of {list(MODELS)}"),
+            (self.image_size >= 16 and self.image_size & (self.image_size - 1) == 0,
+             "image_size must be a power of two >= 16"),
+            (self.channels in (1, 3), "channels must be 1 or 3"),
+            (min(self.latent_dim, self.base, self.batch_size, self.epochs, self.n_dis, self.n_fixed) >= 1,
+             "latent_dim, base, batch_size, epochs, n_dis and n_fixed must be >= 1"),
+            (self.kimg is None or self.kimg > 0, "kimg must be > 0"),
+            (self.time_budget_s is None or self.time_budget_s > 0, "time_budget_s must be > 0"),
+            (self.lr_g > 0 and self.lr_d > 0, "learning rates must be > 0"),
+            (0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "Adam betas must be in [0, 1)"),
+            (0 <= self.label_smoothing < 0.5, "label_smoothing must be in [0, 0.5)"),
+            (self.label_smoothing == 0 or self.loss == "bce", "label_smoothing needs loss='bce'"),
+            (self.ema_kimg >= 0, "ema_kimg must be >= 0"),
+            (self.ema_rampup is None or self.ema_rampup > 0, "ema_rampup must be > 0 or None"),
+            (self.ada_interval >= 1 and self.ada_kimg > 0 and 0 <= self.ada_p_max <= 1,
+             "ada_interval >= 1, ada_kimg > 0, ada_p_max in [0, 1]"),
+            (self.r1_gamma >= 0 and self.r1_interval >= 1 and self.pl_weight >= 0 and 0 <= self.style_mixing <= 1,
+             "r1_gamma >= 0, r1_interval >= 1, pl_weight >= 0, style_mixing in [0, 1]"),
+            (self.model != "stylegan2" or self.sg2_arch in STYLEGAN2_PRESETS,
+             f"sg2_arch must be one of {list(STYLEGAN2_PRESETS)}"),
+            (min(self.w_dim, self.mapping_layers, self.channel_base, self.channel_max, self.mbstd_group) >= 1,
+             "w_dim, mapping_layers, channel_base, channel_max and mbstd_group must be >= 1"),
+            (self.model != "stylegan2" or self.loss == "ns", "stylegan2 trains with loss='ns' (logistic)"),
+            (self.model != "stylegan2" or not self.compile, "compile is wired for dcgan only"),
+            (0 <= self.augment_p <= 1 and 0 < self.ada_target < 1, "augment_p in [0, 1], ada_target in (0, 1)"),
+            (self.sample_every >= 1 and self.checkpoint_every >= 1, "sample_every, checkpoint_every >= 1"),
+            (all(e >= 1 for e in self.grid_epochs), "grid_epochs must be >= 1"),
+            (self.max_images is None or self.max_images >= 1, "max_images must be >= 1"),
+            (self.num_data is None or self.num_data >= 1, "num_data must be >= 1"),
+        ]
+        for ok, message in rules:
+            if not ok:
+                raise ConfigError(message)
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Reference A to the letter. The reference trained on its Cancer class only; on the phantom every
+    # class is used by default (pass classes=... to restrict).
+    "lungcancer-dcgan": dict(model="dcgan", image_size=64, channels=3, latent_dim=128, base=64,
+                             batch_size=128, epochs=25, lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999,
+                             loss="bce", spectral_norm=False, d_batchnorm=True, ema_kimg=0.0,
+                             augment="none", n_dis=1, grid_epochs=(1, 10, 25)),
+    # Reference B: the same family, batch 64, 200 epochs (noise and mode collapse reported after 80-120).
+    "kermany-dcgan": dict(model="dcgan", image_size=64, channels=3, latent_dim=128, base=64,
+                          batch_size=64, epochs=200, lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999,
+                          loss="bce", spectral_norm=False, d_batchnorm=True, ema_kimg=0.0,
+                          augment="none", n_dis=1, checkpoint_every=10, sample_every=2,
+                          grid_epochs=(1, 40, 80, 120, 160, 200)),
+    # Stabilised DCGAN: every ingredient is its own field so each can be ablated.
+    "stable": dict(model="dcgan", image_size=64, channels=3, latent_dim=128, base=64,
+                   batch_size=128, epochs=25, lr_g=1e-4, lr_d=4e-4, beta1=0.5, beta2=0.999,
+                   loss="hinge", spectral_norm=True, d_batchnorm=False, ema_kimg=2.0, ema_rampup=0.05,
+                   augment="diffaug", augment_p=0.3, n_dis=1, grid_epochs=(1, 10, 25)),
+}
+
+
+
+def _arch_fields(arch: str) -> dict[str, Any]:
+    """The architecture fields a StyleGAN2 preset of models.stylegan2 sets."""
+    if arch not in STYLEGAN2_PRESETS:
+        raise ConfigError(f"sg2_arch must be one of {list(STYLEGAN2_PRESETS)}, got {arch!r}")
+    return {k: STYLEGAN2_PRESETS[arch][k] for k in SG2_ARCH_FIELDS}
+
+
+def stylegan2_preset(arch: str, image_size: int, kimg: float) -> dict[str, Any]:
+    """A StyleGAN2-ADA preset of models.stylegan2 as TrainConfig values (one lr for G and D, as there)."""
+    p = STYLEGAN2_PRESETS[arch]
+    return dict(model="stylegan2", sg2_arch=arch, **_arch_fields(arch), image_size=image_size, channels=3,
+                latent_dim=p["z_dim"],
+                batch_size=p["batch_size"], kimg=kimg, lr_g=p["lr"], lr_d=p["lr"], beta1=p["betas"][0],
+                beta2=p["betas"][1], loss="ns", spectral_norm=False, d_batchnorm=False,
+                ema_kimg=p["ema_kimg"], ema_rampup=p["ema_rampup"], augment="ada", augment_p=0.0,
+                ada_target=p["ada_target"], ada_interval=p["ada_interval"], ada_kimg=p["ada_kimg"],
+                ada_p_max=p["ada_p_max"], r1_gamma=p["r1_gamma"], r1_interval=p["r1_interval"],
+                pl_weight=p["pl_weight"], style_mixing=p["style_mixing_prob"], n_dis=1)
+
+
+# StyleGAN2-ADA: `--model stylegan2 --preset cpu-small` finds "stylegan2-cpu-small".
+PRESETS |= {
+    "stylegan2-cpu-small": stylegan2_preset("cpu-small", 64, kimg=10),
+    "stylegan2-auto64": stylegan2_preset("auto64", 64, kimg=1000),
+    "stylegan2-auto128": stylegan2_preset("auto128", 128, kimg=1000),
+    "stylegan2-auto256": stylegan2_preset("auto256", 256, kimg=1000),
+    "stylegan2-paper256": stylegan2_preset("paper256", 256, kimg=1000),
+}
+
+# The run folder's saved config (runs.OPTIONS names the same file; runs imports this module).
+OPTIONS = "training_options.json"
+
+# Fields that may differ when a run is resumed: they extend or observe training, never change it.
+RESUMABLE_CHANGES = frozenset({"epochs", "kimg", "time_budget_s", "checkpoint_every", "sample_every", "grid_epochs",
+                               "device", "compile"})
+
+
+def make_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
+    """A preset plus overrides (Python values or CLI strings), validated.
+
+    A preset may be named without its model prefix when ``model`` is given (``model="stylegan2",
+    preset="cpu-small"``); ``model="stylegan2"`` alone starts from ``stylegan2-cpu-small``.
+    """
+    model = overrides.get("model")
+    if model and model != "dcgan":
+        if preset is None:
+            preset = f"{model}-cpu-small"
+        elif preset not in PRESETS and f"{model}-{preset}" in PRESETS:
+            preset = f"{model}-{preset}"
+    cfg = C.from_preset(TrainConfig, PRESETS, preset, overrides)
+    if "sg2_arch" in overrides:  # a named architecture sets its fields, except those given explicitly
+        cfg = C.apply_overrides(cfg, {k: v for k, v in _arch_fields(cfg.sg2_arch).items() if k not in overrides})
+    cfg.validate()
+    return cfg
+
+
+def from_dict(values: Mapping[str, Any]) -> TrainConfig:
+    """A saved config (``training_options.json``, a checkpoint's ``config``) back as a TrainConfig.
+
+    Configs saved before the architecture fields existed get them from their ``sg2_arch``."""
+    arch = values.get("sg2_arch", TrainConfig.sg2_arch)
+    missing = {k: v for k, v in _arch_fields(arch).items() if k not in values} if arch in STYLEGAN2_PRESETS else {}
+    return C.apply_overrides(TrainConfig(), {**missing, **values})
+
+
+def load(path: str | Path) -> TrainConfig:
+    """A run's saved ``training_options.json``."""
+    import json
+
+    return from_dict(json.loads(Path(path).read_text()))
+
+
+
+
+def config_from_args(args: argparse.Namespace) -> TrainConfig:
+    """CLI flags over the preset; when resuming without --preset, over the run's saved config."""
+    overrides = C.overrides_from_args(args, TrainConfig)
+    options = project_path(args.out) / OPTIONS
+    if args.resume and args.preset is None and options.exists():
+        return C.apply_overrides(load(options), overrides)
+    return make_config(args.preset, **overrides)
+
+
+def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
+    """``train``'s flags: the run folder, resume/overwrite, and one flag per TrainConfig field."""
+    parser.add_argument("--preset", default=None, metavar="NAME",
+                        help=f"starting point: {', '.join(PRESETS)} (with --model stylegan2 the prefix may be "
+                             "dropped; default: the saved config when resuming, else TrainConfig defaults)")
+    parser.add_argument("--out", required=True, help="run folder, e.g. results/RUN")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")
+    parser.add_argument("--overwrite", action="store_true", help="delete an existing run in --out first")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+    C.add_arguments(parser, TrainConfig)
