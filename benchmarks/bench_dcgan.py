@@ -30,8 +30,8 @@ from PIL import Image
 from torch import nn
 
 from cxr_utils import data, device as dev, phantom
-from cxr_utils.models import build_discriminator, build_generator
 from cxr_utils.losses import GANSteps
+from cxr_utils.models import build_discriminator, build_generator
 from cxr_utils.train import make_config
 
 
