@@ -303,11 +303,11 @@ def verdict(comp: Comparison) -> str:
 
 def plot_metrics(comp: Comparison, x: str = "kimg", path: str | Path | None = None):
     """Metrics over training (``x`` = "kimg" or "train_s"), one line per contender; dashed = real baseline."""
-    from .plots import _figure, _finish
+    from .plots import figure, finish
 
     panels = [("fid", "offline FID (lower better)"), ("precision", "precision"), ("recall", "recall"),
               ("msssim", "MS-SSIM diversity (lower = more diverse)"), ("copy_rate", "copy rate")]
-    fig = _figure(4.2 * len(panels), 3.8)
+    fig = figure(4.2 * len(panels), 3.8)
     axes = fig.subplots(1, len(panels))
     for name in comp.config.contenders:
         pts = sorted((r[x], r) for r in comp.rows if r["contender"] == name)
@@ -332,22 +332,22 @@ def plot_metrics(comp: Comparison, x: str = "kimg", path: str | Path | None = No
             ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short log axis
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def plot_samples(comp: Comparison, n: int = 16, path: str | Path | None = None):
     """Real training images, then each contender's final samples, as grids side by side."""
-    from .plots import _figure, _finish, _show, image_grid
+    from .plots import figure, finish, image_grid, show_gray
 
     panels = [("real (training)", comp.train_images[:n])]
     for name in comp.config.contenders:
         if (comp.out_dir / slug(name) / runs.NETWORK_FINAL).exists():
             panels.append((name, runs.sample(comp.generator(name), n, seed=comp.config.seed + 2)))
-    fig = _figure(3.6 * len(panels), 3.9)
+    fig = figure(3.6 * len(panels), 3.9)
     for ax, (title, imgs) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        _show(ax, image_grid(imgs.mean(1, keepdim=True), nrow=int(math.sqrt(n))))
+        show_gray(ax, image_grid(imgs.mean(1, keepdim=True), nrow=int(math.sqrt(n))))
         ax.set_title(title, fontsize=10)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def config_dict(cfg: CompareConfig) -> dict[str, Any]:

@@ -547,10 +547,9 @@ def verdict(summary: pd.DataFrame, weights: str, backbone: str) -> list[str]:
 
 def plot_auc_vs_fraction(summary: pd.DataFrame, path: str | Path, title: str = ""):
     """Mean test AUC over seeds against the real-data fraction, one line per condition, pooled CIs."""
-    import matplotlib.pyplot as plt
+    from .plots import figure, finish
 
-    fig = plt.figure(figsize=(7.5, 4.8), layout="constrained")
-    plt.close(fig)
+    fig = figure(7.5, 4.8)
     ax = fig.add_subplot()
     conds = list(dict.fromkeys(summary["condition"]))
     for i, cond in enumerate(conds):
@@ -568,9 +567,7 @@ def plot_auc_vs_fraction(summary: pd.DataFrame, path: str | Path, title: str = "
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    return fig
+    return finish(fig, path)
 
 
 def _markdown(df: pd.DataFrame) -> str:
