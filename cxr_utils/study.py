@@ -10,7 +10,7 @@ The answer must be trustworthy either way, so the design is a paired comparison 
   each augmented class, from one generator per class trained on that class's training images of the
   ``f``-subset only) and ``synthetic-only:<gan>`` (as many synthetic images per class as real ones);
 - every classifier is scored on the same test images as ``real`` of its seed, so the AUC difference
-  has a paired bootstrap interval (``classify.paired_bootstrap_delta``); seeds are pooled by resampling
+  has a paired bootstrap interval (``stats.paired_bootstrap_delta``); seeds are pooled by resampling
   each seed's test set and averaging the per-seed differences;
 - no test image's MD5 may be in any generator's training set (``splits.assert_no_leak``), checked
   against the MD5 list stored next to each cached generator, so a stale cache cannot leak either.
@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import classify, runs, splits
+from . import classify, runs, splits, stats
 from . import config as C
 from .errors import ConfigError, DataError, RunError
 from .paths import project_path
@@ -399,34 +399,6 @@ def run_cells(cfg: StudyConfig, progress: bool = True) -> Path:
 # -------------------------------------------------------------------------------------- analysis
 
 
-def _stratified(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return np.concatenate([m[rng.integers(0, len(m), len(m))] for m in
-                           (np.flatnonzero(y == c) for c in np.unique(y))])
-
-
-def pooled_bootstrap(tests: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]], n_boot: int,
-                     seed: int = 0, alphas: tuple[float, ...] = (0.05,)) -> tuple[float, list[tuple[float, float]]]:
-    """(mean, [(low, high) per alpha]) of the seed-averaged AUC(b) - AUC(a), or of AUC(b) when a is None.
-
-    Each seed's own test set is resampled (stratified, paired for a and b) and the per-seed values
-    averaged, so the interval covers test-set sampling for the seeds' trained models.
-    """
-    def value(y: np.ndarray, a: np.ndarray | None, b: np.ndarray) -> float:
-        return classify.macro_auc(y, b) - (classify.macro_auc(y, a) if a is not None else 0.0)
-
-    estimate = float(np.mean([value(y, a, b) for y, a, b in tests]))
-    rng = np.random.default_rng(seed)
-    boots = np.empty(n_boot)
-    for i in range(n_boot):
-        vals = []
-        for y, a, b in tests:
-            idx = _stratified(y, rng)
-            vals.append(value(y[idx], None if a is None else a[idx], b[idx]))
-        boots[i] = np.mean(vals)
-    boots = boots[~np.isnan(boots)]
-    return estimate, [tuple(float(v) for v in np.percentile(boots, [50 * a, 100 - 50 * a])) for a in alphas]
-
-
 def load_cells(cfg: StudyConfig) -> list[dict[str, Any]]:
     """The finished cells of the configured grid (missing ones are skipped)."""
     folder = project_path(cfg.out) / CELLS
@@ -457,7 +429,7 @@ def results_table(cells: list[dict[str, Any]], n_boot: int) -> pd.DataFrame:
             if ref is not None and c["condition"] != base:
                 if ref["test_fingerprint"] != c["test_fingerprint"]:
                     raise DataError(f"cells {ref['name']} and {c['name']} were tested on different images")
-                d = classify.paired_bootstrap_delta(np.asarray(c["test_labels"]), np.asarray(ref["test_scores"]),
+                d = stats.paired_bootstrap_delta(np.asarray(c["test_labels"]), np.asarray(ref["test_scores"]),
                                                     np.asarray(c["test_scores"]), n_boot=n_boot, seed=c["seed"])
             row |= {f"dauc_vs_{tag}": d["delta"], f"dauc_vs_{tag}_ci_low": d["ci_low"],
                     f"dauc_vs_{tag}_ci_high": d["ci_high"], f"dauc_vs_{tag}_p": d["p_value"]}
@@ -480,7 +452,7 @@ def summary_table(cells: list[dict[str, Any]], n_boot: int, order: list[str]) ->
     rows = []
     for (cond, frac), members in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
         tests = [(np.asarray(c["test_labels"]), None, np.asarray(c["test_scores"])) for c in members]
-        auc, [(low, high)] = pooled_bootstrap(tests, n_boot, seed=1)
+        auc, [(low, high)] = stats.pooled_bootstrap(tests, n_boot, seed=1)
         row: dict[str, Any] = {"condition": cond, "fraction": frac, "n_seeds": len(members),
                                "auc_mean": auc, "auc_sd": float(np.std([c["metrics"]["auc"] for c in members], ddof=1))
                                if len(members) > 1 else float("nan"), "auc_ci_low": low, "auc_ci_high": high}
@@ -495,8 +467,8 @@ def summary_table(cells: list[dict[str, Any]], n_boot: int, order: list[str]) ->
             tests = [(np.asarray(c["test_labels"]), np.asarray(r["test_scores"]), np.asarray(c["test_scores"]))
                      for c, r in pairs]
             adjusted = 0.05 / max(n_comparisons[base], 1)
-            d, [(dl, dh), (al, ah)] = pooled_bootstrap(tests, n_boot, seed=2, alphas=(0.05, adjusted))
-            per_seed = [classify.macro_auc(y, b) - classify.macro_auc(y, a) for y, a, b in tests]
+            d, [(dl, dh), (al, ah)] = stats.pooled_bootstrap(tests, n_boot, seed=2, alphas=(0.05, adjusted))
+            per_seed = [stats.macro_auc(y, b) - stats.macro_auc(y, a) for y, a, b in tests]
             row |= {f"dauc_vs_{tag}": d, f"dauc_vs_{tag}_ci_low": dl, f"dauc_vs_{tag}_ci_high": dh,
                     f"dauc_vs_{tag}_adj_low": al, f"dauc_vs_{tag}_adj_high": ah,
                     f"dauc_vs_{tag}_seeds_better": f"{sum(v > 0 for v in per_seed)}/{len(per_seed)}"}

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_utils import classify, splits, study
+from cxr_utils import classify, splits, stats, study
 from cxr_utils import train as gan_train
 from cxr_utils.data import load
 from cxr_utils.errors import ConfigError, DataError, RunError
@@ -61,7 +61,7 @@ def test_paired_delta_matches_classify(finished):
     cfg, report = finished
     cell = json.loads((study.project_path(cfg.out) / "cells" / "real+classic__f1__s1.json").read_text())
     ref = json.loads((study.project_path(cfg.out) / "cells" / "real__f1__s1.json").read_text())
-    expected = classify.paired_bootstrap_delta(np.array(cell["test_labels"]), np.array(ref["test_scores"]),
+    expected = stats.paired_bootstrap_delta(np.array(cell["test_labels"]), np.array(ref["test_scores"]),
                                                np.array(cell["test_scores"]), n_boot=cfg.n_boot, seed=1)
     row = report.results[(report.results["condition"] == "real+classic") & (report.results["seed"] == 1)].iloc[0]
     assert row["dauc_vs_real"] == pytest.approx(expected["delta"])
