@@ -128,24 +128,13 @@ class StudyConfig:
             raise ConfigError(f"unknown generator preset(s) {unknown}; choose from {', '.join(PRESETS)}")
 
 
-def _literal_lists(overrides: dict[str, Any]) -> dict[str, Any]:
-    """``"[0.5, 1.0]"`` -> ``[0.5, 1.0]``: papermill ``-p`` passes list parameters as such strings."""
-    import ast
-
-    def parse(v: Any) -> Any:
-        if isinstance(v, str) and v.strip().startswith("["):
-            try:
-                return ast.literal_eval(v)
-            except (ValueError, SyntaxError):
-                raise ConfigError(f"cannot read {v!r} as a list") from None
-        return v
-
-    return {k: parse(v) for k, v in overrides.items()}
-
-
 def make_study_config(**overrides: Any) -> StudyConfig:
-    """Defaults plus overrides (Python values, papermill parameters or CLI strings), validated."""
-    return C.apply_overrides(StudyConfig(), _literal_lists(overrides))
+    """Defaults plus overrides (Python values, papermill parameters or CLI strings), validated.
+
+    Every value goes through ``config.coerce``: ``"false"`` is False, ``"[0.1, 1.0]"`` a list; an unknown
+    name or an ill-typed value is a one-line ConfigError.
+    """
+    return C.apply_overrides(StudyConfig(), overrides)
 
 
 # ------------------------------------------------------------------------------------------ grid
@@ -194,19 +183,28 @@ def write_json_atomic(obj: Any, path: Path) -> None:
     atomic_write(path, lambda f: json.dump(obj, f), binary=False)
 
 
-def _check_out_dir(cfg: StudyConfig, out: Path) -> None:
-    """Refuse to mix cells trained under different settings in one folder."""
+def _check_out_dir(cfg: StudyConfig, out: Path, write: bool = True) -> None:
+    """Refuse to mix cells trained under different settings in one folder, or an unwritable folder."""
     saved_path = out / "study_config.json"
     given = C.to_dict(cfg)
     if saved_path.exists():
         # a field added after the folder was written counts as its default (what those cells used)
         saved = C.to_dict(StudyConfig()) | json.loads(saved_path.read_text())
-        changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in given.items()
-                   if k not in EXTENDING_FIELDS and saved.get(k) != v]
-        if changed:
-            raise ConfigError(f"{out} holds a study with other settings ({'; '.join(changed)}); "
-                              f"use another out folder")
-    write_json_atomic(given, saved_path)
+        C.check_same_settings(saved, given, EXTENDING_FIELDS, "a study", out)
+    _check_writable(out)
+    if write:
+        write_json_atomic(given, saved_path)
+
+
+def _check_writable(out: Path) -> None:
+    """ConfigError naming ``out`` when it cannot be created or written to (before any training)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output folder {out} is not writable: {exc.strerror or type(exc).__name__}") from None
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -229,6 +227,9 @@ class _Study:
         self.ds = load(cfg.source, image_size=cfg.image_size, channels=1, progress=progress)
         self.y = self.ds.labels.numpy()
         self.k = len(self.ds.class_names)
+        if self.k < 2:
+            raise DataError(f"{cfg.source} has {self.k} class ({', '.join(self.ds.class_names)}); the study "
+                            f"compares classifiers, which needs at least 2 classes (one sub-folder per class)")
         wanted = cfg.augment_classes or tuple(self.ds.class_names)
         missing = sorted(set(wanted) - set(self.ds.class_names))
         if missing:
@@ -242,6 +243,30 @@ class _Study:
             s = splits.make_splits(self.y, self.ds.groups, fractions=self.cfg.split, seed=seed)
             self._splits[seed] = _Split(s["train"], s["val"], s["test"])
         return self._splits[seed]
+
+    def check_sizes(self) -> None:
+        """DataError before any training when a seed's split or a fraction's subset is too small.
+
+        Every class needs an image in each seed's validation and test split (AUC needs both classes),
+        one in the training subset of every fraction (the classifier sees every class) and two for
+        every augmented class when generators are trained (a GAN needs at least 2 images).
+        """
+        names = self.ds.class_names
+        for seed in self.cfg.seeds:
+            sp = self.split(seed)
+            for part in ("val", "test"):
+                counts = np.bincount(self.y[getattr(sp, part)], minlength=self.k)
+                if counts.min() < 1:
+                    raise DataError(f"seed {seed}: the {part} split has no {names[int(counts.argmin())]!r} "
+                                    f"image ({len(self.y)} images, split {list(self.cfg.split)}); use more "
+                                    f"data or another split")
+            need = {c: 2 if self.cfg.generators and c in self.augmented else 1 for c in range(self.k)}
+            for fraction in self.cfg.fractions:
+                counts = np.bincount(self.y[self.train_subset(fraction, seed)], minlength=self.k)
+                short = [f"{names[c]!r} has {counts[c]} (needs {n})" for c, n in need.items() if counts[c] < n]
+                if short:
+                    raise DataError(f"seed {seed}, fraction {fraction:g}: training subset too small: "
+                                    f"{', '.join(short)}")
 
     def train_subset(self, fraction: float, seed: int) -> np.ndarray:
         return splits.subsample_fraction(self.split(seed).train, self.y, fraction, seed=seed)
@@ -375,17 +400,20 @@ def run_cells(cfg: StudyConfig, progress: bool = True) -> Path:
     """Run every cell not yet on disk; return the study folder."""
     cfg.validate()
     out = project_path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_out_dir(cfg, out)
+    _check_out_dir(cfg, out, write=False)  # other settings or an unwritable folder: stop before loading
     todo = [c for c in grid(cfg) if not (out / CELLS / f"{c.name}.json").exists()]
     if not todo:
+        _check_out_dir(cfg, out)
         return out
     from tqdm.auto import tqdm
 
+    # everything that can fail is checked before the first GAN or classifier trains
     study = _Study(cfg, out, progress)
+    study.check_sizes()
     for seed in cfg.seeds:  # duplicates across splits would leak through every generator: stop first
         splits.assert_no_leak(study.test_md5s(seed), [study.ds.md5s[i] for i in study.split(seed).train],
                               what=f"test (seed {seed})")
+    _check_out_dir(cfg, out)
     total = len(grid(cfg))
     with tqdm(total=total, initial=total - len(todo), desc="study cells", unit="cell",
               disable=not progress) as bar:
@@ -613,7 +641,7 @@ def analyze(cfg: StudyConfig) -> StudyReport:
 
 def run_study(cfg: StudyConfig | None = None, progress: bool = True, **overrides: Any) -> StudyReport:
     """Run (or resume) every cell, then analyse: the one call the notebook and the CLI make."""
-    cfg = C.apply_overrides(cfg or StudyConfig(), _literal_lists(overrides))
+    cfg = C.apply_overrides(cfg or StudyConfig(), overrides)
     run_cells(cfg, progress=progress)
     return analyze(cfg)
 
@@ -627,7 +655,7 @@ def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cli_run(args: argparse.Namespace) -> int:
-    cfg = C.apply_overrides(StudyConfig(), _literal_lists(C.overrides_from_args(args, StudyConfig)))
+    cfg = C.apply_overrides(StudyConfig(), C.overrides_from_args(args, StudyConfig))
     report = run_study(cfg, progress=not args.no_progress)
     print("\n".join(report.verdict))
     for name, path in report.paths.items():
