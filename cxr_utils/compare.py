@@ -16,7 +16,6 @@ comparison loses at most the segment in progress.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -377,10 +376,6 @@ def plot_samples(comp: Comparison, n: int = 16, path: str | Path | None = None):
         show_gray(ax, image_grid(imgs.mean(1, keepdim=True), nrow=int(math.sqrt(n))))
         ax.set_title(title, fontsize=10)
     return finish(fig, path)
-
-
-def config_dict(cfg: CompareConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
 
 
 def make_config(**overrides: Any) -> CompareConfig:

@@ -1,5 +1,6 @@
 """Notebook 03's comparison engine: same split for every contender, resumable rows, computed verdict."""
 
+import dataclasses
 import json
 
 import pytest
@@ -114,7 +115,7 @@ def test_tiny_comparison_runs_resumes_and_guards_its_folder(tmp_path):
     fig = compare.plot_samples(again, n=4)
     assert len(fig.axes) == 3
     with pytest.raises(ConfigError, match="other settings"):
-        compare.run(compare.make_config(**{**compare.config_dict(cfg), "kimg": 0.096}), tmp_path / "cmp",
+        compare.run(compare.make_config(**{**dataclasses.asdict(cfg), "kimg": 0.096}), tmp_path / "cmp",
                     images=images, progress=False)
 
 
