@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics as M
-from .config import typed_keywords
+from .config import coerce, typed_keywords
 from .errors import ConfigError, DataError
 
 DEFAULT_EXTRACTORS = ("offline", "inception", "xrv")  # the last two are skipped, with the reason, without weights
@@ -100,8 +100,7 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
     reported as ``{"skipped": reason}``. With ``out_dir``, ``metrics.json`` and the figures are written;
     ``provenance`` (where the images came from) is stored in the result as given.
     """
-    if isinstance(extractors, str):
-        extractors = [e.strip() for e in extractors.split(",") if e.strip()]
+    extractors = list(coerce("extractors", extractors, tuple[str, ...]))  # "a,b" or "['a', 'b']"
     unknown = [e for e in extractors if e not in M.EXTRACTORS]
     if unknown:
         raise ConfigError(f"unknown feature extractor(s) {unknown}; choose from {', '.join(M.EXTRACTORS)}")

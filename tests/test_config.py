@@ -151,3 +151,11 @@ def test_evaluate_keywords_arrive_as_strings():
         evaluate.evaluate_run("nowhere", n="1", progress="false")
     with pytest.raises(ConfigError, match="seed"):
         evaluate.evaluate(None, None, None, seed="five")
+
+
+def test_evaluate_reads_extractor_lists_in_every_form():
+    from cxr_utils import evaluate
+
+    for given in ("offline,clip", "['offline', 'clip']", ("offline", "clip")):
+        with pytest.raises(ConfigError, match=r"unknown feature extractor\(s\) \['clip'\]"):
+            evaluate.evaluate(None, None, None, extractors=given)
