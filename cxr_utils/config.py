@@ -166,21 +166,21 @@ def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
 
 
 def check_same_settings(saved: Mapping[str, Any], current: Mapping[str, Any], allowed_changes: set[str] | frozenset[str],
-                        what: str, where: Path | str) -> None:
+                        what: str, where: Path | str, advice: str = "use another folder") -> None:
     """Raise ConfigError if ``saved`` and ``current`` settings differ outside ``allowed_changes``.
 
     ``saved`` is what a folder's settings file holds (fields added since it was written should be
     filled with their defaults by the caller), ``current`` the settings of this call; both are
     compared after a JSON round trip, so tuples equal lists. The one-line message names ``what``
-    (e.g. "a study"), the folder ``where`` and every differing key with its old and new value.
+    (e.g. "a study"), the folder ``where``, every differing key with its old and new value, and ends
+    with ``advice``.
     """
     norm_saved, norm_current = json.loads(json.dumps(dict(saved))), json.loads(json.dumps(dict(current)))
     changed = [f"{k}: {norm_saved.get(k)!r} -> {norm_current.get(k)!r}"
                for k in sorted(set(norm_saved) | set(norm_current))
                if k not in allowed_changes and norm_saved.get(k) != norm_current.get(k)]
     if changed:
-        raise ConfigError(f"{where} holds {what} with other settings ({'; '.join(changed)}); "
-                          f"use another folder")
+        raise ConfigError(f"{where} holds {what} with other settings ({'; '.join(changed)}); {advice}")
 
 
 def apply_overrides(cfg: C, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> C:
