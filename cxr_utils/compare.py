@@ -185,6 +185,7 @@ class Comparison:
         return runs.load_run(self.out_dir / slug(name))[1]
 
 
+@C.typed_keywords
 def run(cfg: CompareConfig, out_dir: str | Path, images: torch.Tensor | None = None,
         progress: bool = True, groups: Sequence[str] | None = None) -> Comparison:
     """Train and score every contender (see the module docstring); resumable.

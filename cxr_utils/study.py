@@ -396,6 +396,7 @@ def run_cell(study: _Study, cell: Cell) -> dict[str, Any]:
             "class_names": list(ds.class_names)}
 
 
+@C.typed_keywords
 def run_cells(cfg: StudyConfig, progress: bool = True) -> Path:
     """Run every cell not yet on disk; return the study folder."""
     cfg.validate()
@@ -639,6 +640,7 @@ def analyze(cfg: StudyConfig) -> StudyReport:
     return StudyReport(results, summary, lines, weights_label, paths)
 
 
+@C.typed_keywords
 def run_study(cfg: StudyConfig | None = None, progress: bool = True, **overrides: Any) -> StudyReport:
     """Run (or resume) every cell, then analyse: the one call the notebook and the CLI make."""
     cfg = C.apply_overrides(cfg or StudyConfig(), overrides)

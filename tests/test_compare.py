@@ -156,3 +156,9 @@ def test_bad_contender_settings_fail_before_any_training(tmp_path, monkeypatch):
     with pytest.raises(ConfigError, match="not writable"):
         compare.run(compare.make_config(), blocker / "cmp", images=images, progress=False)
     assert not list((tmp_path / "cmp").glob("*/network-final.pt")) and blocker.read_text() == "x"
+
+
+def test_run_progress_keyword_is_coerced(tmp_path):
+    with pytest.raises(ConfigError, match="progress"):
+        compare.run(compare.make_config(), tmp_path / "cmp", images=torch.zeros(40, 3, 8, 8), progress="maybe")
+    assert not (tmp_path / "cmp").exists()

@@ -342,3 +342,12 @@ def test_papermill_strings_are_coerced():
                                   pretrained="no", gan_kimg="None", generators="['stable']")
     assert (cfg.fractions, cfg.seeds, cfg.synthetic_only, cfg.pretrained, cfg.gan_kimg, cfg.generators) == (
         (0.1, 1.0), (3, 4, 5), False, False, None, ("stable",))
+
+
+def test_progress_keyword_is_coerced_too(tmp_path, monkeypatch):
+    _nothing_trained(monkeypatch)
+    with pytest.raises(ConfigError, match="progress"):
+        study.run_study(out=str(tmp_path), progress="maybe")
+    with pytest.raises(ConfigError, match="progress"):
+        study.run_cells(study.make_study_config(out=str(tmp_path)), progress="yes please")
+    assert list(tmp_path.iterdir()) == []
