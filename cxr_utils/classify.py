@@ -3,7 +3,7 @@
 The study asks whether synthetic images help a classifier, so everything here is about a fair,
 repeatable comparison: seeded training with early stopping on validation, a decision threshold
 fixed on validation (never on test), bootstrap confidence intervals, and a paired bootstrap for the
-difference between two classifiers scored on the same test images. ImageNet weights are used only
+difference between two classifiers scored on the same test images (all in ``stats``). ImageNet weights are used only
 when they are already on disk and asked for; every result says which weights were used.
 """
 
@@ -15,15 +15,15 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from scipy.stats import rankdata
 from torch import nn
 
 from . import device as devices
+from .stats import macro_auc, score_metrics, youden_threshold
 from .errors import ConfigError, DataError
 
 Backbone = Literal["resnet50", "resnet18", "smallcnn"]
@@ -271,156 +271,6 @@ def classic_augment(x: torch.Tensor, generator: torch.Generator, max_degrees: fl
     return out.clamp(-1, 1)
 
 
-# -------------------------------------------------------------------------------------- metrics
-
-
-def roc_auc(y: np.ndarray, score: np.ndarray) -> float:
-    """Binary ROC AUC as the Mann-Whitney statistic (ties count one half); NaN with one class."""
-    y = np.asarray(y).reshape(-1) == 1
-    n_pos, n_neg = int(y.sum()), int((~y).sum())
-    if n_pos == 0 or n_neg == 0:
-        return float("nan")
-    ranks = rankdata(np.asarray(score, dtype=float).reshape(-1))
-    return float((ranks[y].sum() - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg))
-
-
-def macro_auc(y: np.ndarray, scores: np.ndarray) -> float:
-    """One-vs-rest ROC AUC averaged over classes; binary scores (N,) give the plain AUC."""
-    y = np.asarray(y).reshape(-1)
-    scores = np.asarray(scores)
-    if scores.ndim == 1:
-        return roc_auc(y, scores)
-    return float(np.mean([roc_auc(y == k, scores[:, k]) for k in range(scores.shape[1])]))
-
-
-def youden_threshold(y: np.ndarray, score: np.ndarray) -> float:
-    """The score threshold maximising sensitivity + specificity - 1 (predict positive if >=)."""
-    from sklearn.metrics import roc_curve
-
-    y = np.asarray(y).reshape(-1)
-    if len(np.unique(y)) < 2:
-        return 0.5
-    fpr, tpr, thresholds = roc_curve(y, score)
-    best = int(np.argmax(tpr - fpr))
-    return float(min(thresholds[best], 1.0))
-
-
-def _binary_metric_fns(threshold: float) -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
-    def accuracy(y, s):
-        return float(np.mean((s >= threshold) == (y == 1)))
-
-    def sensitivity(y, s):
-        pos = y == 1
-        return float(np.mean(s[pos] >= threshold)) if pos.any() else float("nan")
-
-    def specificity(y, s):
-        neg = y != 1
-        return float(np.mean(s[neg] < threshold)) if neg.any() else float("nan")
-
-    return {"auc": roc_auc, "accuracy": accuracy, "sensitivity": sensitivity, "specificity": specificity}
-
-
-def _multiclass_metric_fns() -> dict[str, Callable[[np.ndarray, np.ndarray], float]]:
-    def accuracy(y, s):
-        return float(np.mean(s.argmax(axis=1) == y))
-
-    return {"auc": macro_auc, "accuracy": accuracy}
-
-
-def _resample_indices(y: np.ndarray, rng: np.random.Generator, stratify: bool) -> np.ndarray:
-    if not stratify:
-        return rng.integers(0, len(y), len(y))
-    parts = []
-    for c in np.unique(y):
-        members = np.flatnonzero(y == c)
-        parts.append(members[rng.integers(0, len(members), len(members))])
-    return np.concatenate(parts)
-
-
-def _bootstrap(y: np.ndarray, scores: list[np.ndarray], fns: dict[str, Callable], n_boot: int,
-               seed: int, stratify: bool) -> dict[str, np.ndarray]:
-    """metric name -> (n_boot, len(scores)) values, every metric and score on the same resamples."""
-    rng = np.random.default_rng(seed)
-    out = {name: np.empty((n_boot, len(scores))) for name in fns}
-    for b in range(n_boot):
-        idx = _resample_indices(y, rng, stratify)
-        yb = y[idx]
-        for j, s in enumerate(scores):
-            sb = s[idx]
-            for name, fn in fns.items():
-                out[name][b, j] = fn(yb, sb)
-    return out
-
-
-def _percentiles(values: np.ndarray, alpha: float) -> tuple[float, float]:
-    values = values[~np.isnan(values)]
-    if len(values) == 0:
-        return float("nan"), float("nan")
-    low, high = np.percentile(values, [100 * alpha / 2, 100 * (1 - alpha / 2)])
-    return float(low), float(high)
-
-
-def bootstrap_ci(y: np.ndarray, score: np.ndarray, metric_fn: Callable[[np.ndarray, np.ndarray], float],
-                 n_boot: int = 1000, seed: int = 0, alpha: float = 0.05,
-                 stratify: bool = True) -> tuple[float, float, float]:
-    """(estimate, low, high): percentile bootstrap interval of ``metric_fn(y, score)``.
-
-    Stratified by default: each resample keeps the class counts of ``y``, so every resample has both
-    classes and the interval reflects the test set's actual prevalence.
-    """
-    y, score = np.asarray(y).reshape(-1), np.asarray(score)
-    values = _bootstrap(y, [score], {"m": metric_fn}, n_boot, seed, stratify)["m"][:, 0]
-    return (float(metric_fn(y, score)), *_percentiles(values, alpha))
-
-
-def paired_bootstrap_delta(y: np.ndarray, score_a: np.ndarray, score_b: np.ndarray, n_boot: int = 1000,
-                           seed: int = 0, alpha: float = 0.05,
-                           metric_fn: Callable[[np.ndarray, np.ndarray], float] = macro_auc,
-                           stratify: bool = True) -> dict[str, float]:
-    """AUC(b) - AUC(a) on the same test images, with a paired percentile bootstrap interval.
-
-    Both classifiers are scored on identical resamples, so the shared difficulty of the images
-    cancels and the interval is much tighter than comparing two separate intervals. ``p_value`` is
-    the two-sided bootstrap p-value for "no difference" (twice the smaller tail mass at zero).
-    """
-    y = np.asarray(y).reshape(-1)
-    a, b = np.asarray(score_a), np.asarray(score_b)
-    if len(a) != len(y) or len(b) != len(y):
-        raise DataError(f"score lengths {len(a)}, {len(b)} do not match {len(y)} labels")
-    values = _bootstrap(y, [a, b], {"m": metric_fn}, n_boot, seed, stratify)["m"]
-    deltas = values[:, 1] - values[:, 0]
-    deltas = deltas[~np.isnan(deltas)]
-    low, high = _percentiles(deltas, alpha)
-    p = min(1.0, 2 * min(np.mean(deltas <= 0), np.mean(deltas >= 0))) if len(deltas) else float("nan")
-    return {"metric_a": float(metric_fn(y, a)), "metric_b": float(metric_fn(y, b)),
-            "delta": float(metric_fn(y, b) - metric_fn(y, a)), "ci_low": low, "ci_high": high,
-            "p_value": float(p), "n": int(len(y)), "n_boot": int(n_boot)}
-
-
-def score_metrics(y: np.ndarray, scores: np.ndarray, threshold: float = 0.5, n_boot: int = 1000,
-                  seed: int = 0, alpha: float = 0.05) -> dict[str, float]:
-    """Point estimates and bootstrap intervals from scores, as a flat dict of plain numbers.
-
-    Binary scores (N,) are P(class 1) and give auc, accuracy, sensitivity, specificity at
-    ``threshold``; multi-class scores (N, K) give macro one-vs-rest auc and accuracy. Each metric
-    ``m`` comes with ``m_ci_low`` / ``m_ci_high``.
-    """
-    y = np.asarray(y).reshape(-1)
-    scores = np.asarray(scores)
-    if len(scores) != len(y):
-        raise DataError(f"{len(scores)} scores for {len(y)} labels")
-    fns = _binary_metric_fns(threshold) if scores.ndim == 1 else _multiclass_metric_fns()
-    boot = _bootstrap(y, [scores], fns, n_boot, seed, stratify=True) if n_boot > 0 else {}
-    out: dict[str, float] = {"n": int(len(y))}
-    if scores.ndim == 1:
-        out |= {"n_pos": int((y == 1).sum()), "threshold": float(threshold)}
-    for name, fn in fns.items():
-        out[name] = float(fn(y, scores))
-        if n_boot > 0:
-            out[f"{name}_ci_low"], out[f"{name}_ci_high"] = _percentiles(boot[name][:, 0], alpha)
-    return out
-
-
 # ------------------------------------------------------------------------------------- training
 
 
@@ -576,39 +426,3 @@ def evaluate_classifier(model: CXRClassifier, x: torch.Tensor, y: Any, threshold
         out["threshold_rule"] = rule
     out |= score_metrics(y_t.numpy(), scores, threshold=t, n_boot=n_boot, seed=seed)
     return out
-
-
-# ------------------------------------------------------------------------------------ benchmark
-
-
-def training_throughput(backbone: str, image_size: int = 64, batch_size: int = 32, precision: str = "fp32",
-                        device: str = "cpu", channels_last: bool = False, steps: int = 5, warmup: int = 2,
-                        seed: int = 0) -> float:
-    """Training images per second (forward, backward, optimiser step) on random data."""
-    dev = devices.pick_device(device)
-    amp = devices.resolve_precision(precision, dev)
-    memory_format = torch.channels_last if channels_last else torch.contiguous_format
-    model = build_classifier(backbone, 2, image_size, seed=seed).to(dev, memory_format=memory_format).train()
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
-    gen = torch.Generator().manual_seed(seed)
-    x = (torch.rand(batch_size, 1, image_size, image_size, generator=gen) * 2 - 1).to(dev)
-    x = x.contiguous(memory_format=memory_format)
-    y = torch.randint(0, 2, (batch_size,), generator=gen).to(dev)
-
-    def step() -> None:
-        with devices.autocast(dev, amp):
-            loss = F.cross_entropy(model(x).float(), y)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    for _ in range(warmup):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    t0 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
-    return steps * batch_size / (time.perf_counter() - t0)

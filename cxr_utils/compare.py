@@ -16,7 +16,6 @@ comparison loses at most the segment in progress.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -30,6 +29,7 @@ from . import config as C
 from . import evaluate, runs, train
 from .errors import ConfigError
 from .paths import project_path
+from .stats import seeded_subset
 
 # name -> (train preset, overrides): the references, the stabilised DCGAN, StyleGAN2-ADA and its ablation.
 DEFAULT_CONTENDERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -79,13 +79,29 @@ def slug(name: str) -> str:
     return "".join(ch if ch.isalnum() else "-" for ch in name.lower()).strip("-")
 
 
-def split_images(images: torch.Tensor, holdout_fraction: float, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-    """(train, held-out) by a seeded permutation; every contender trains on exactly ``train``."""
-    order = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))
-    n_hold = max(2, int(round(len(images) * holdout_fraction)))
-    if len(images) - n_hold < 16:
-        raise ConfigError(f"{len(images)} images leave too few to train on after holding out {n_hold}")
-    return images[order[n_hold:].sort().values], images[order[:n_hold].sort().values]
+def split_images(images: torch.Tensor, holdout_fraction: float, seed: int = 0,
+                 groups: Sequence[str] | np.ndarray | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(train, held-out) images, patient-disjoint; every contender trains on exactly ``train``.
+
+    The split is ``splits.make_splits`` with one stratum, as ``evaluate`` holds out real images:
+    ``groups`` (one patient id per image, e.g. ``CXRDataset.groups``) keeps every patient on one side,
+    so the real-vs-held-out FID baseline and the copy audit never compare a patient with itself;
+    ``None`` makes every image its own group. Both parts keep the images' order. Raises ConfigError
+    when fewer than 16 images would be left to train on (or either part is empty).
+    """
+    from .errors import DataError
+    from .splits import make_splits
+
+    try:
+        parts = make_splits(np.zeros(len(images), dtype=int), groups, (1 - holdout_fraction, holdout_fraction),
+                            seed=seed, names=("train", "holdout"))
+    except DataError as exc:
+        raise ConfigError(f"{len(images)} images are too few to hold out {holdout_fraction:.0%}: {exc}") from None
+    train_idx, hold_idx = parts["train"], parts["holdout"]
+    if len(train_idx) < 16 or len(hold_idx) < 2:
+        raise ConfigError(f"{len(images)} images leave too few to train on after holding out {len(hold_idx)} "
+                          f"(need >= 16 to train and >= 2 held out)")
+    return images[torch.from_numpy(train_idx)], images[torch.from_numpy(hold_idx)]
 
 
 def milestone_kimg(kimg: float, milestones: int, n_train: int, batch: int) -> list[float]:
@@ -169,25 +185,38 @@ class Comparison:
         return runs.load_run(self.out_dir / slug(name))[1]
 
 
+@C.typed_keywords
 def run(cfg: CompareConfig, out_dir: str | Path, images: torch.Tensor | None = None,
-        progress: bool = True) -> Comparison:
-    """Train and score every contender (see the module docstring); resumable."""
+        progress: bool = True, groups: Sequence[str] | None = None) -> Comparison:
+    """Train and score every contender (see the module docstring); resumable.
+
+    ``images`` (N x C x H x W in [-1, 1]) replace loading ``cfg.source``; ``groups`` are their patient
+    ids (None: one per image). Everything that can fail is checked before the first contender trains:
+    the settings, the output folder (writable, holding no comparison with other settings), the
+    held-out split and every contender's training config (ConfigError, one line).
+    """
     cfg.validate()
     out = project_path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     saved = out / "compare_options.json"
-    current = json.loads(json.dumps(C.to_dict(cfg)))
-    # fields added since a folder was written count as their defaults
-    if saved.exists() and {**C.to_dict(CompareConfig()), **json.loads(saved.read_text())} != current:
-        raise ConfigError(f"{out} holds a comparison with other settings; use a new folder or delete it")
-    C.save_json(cfg, saved)
+    current = C.to_dict(cfg)
+    if saved.exists():  # fields added since a folder was written count as their defaults
+        C.check_same_settings({**C.to_dict(CompareConfig()), **json.loads(saved.read_text())}, current,
+                              set(), "a comparison", out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        C.save_json(cfg, saved)
+    except OSError as exc:
+        raise ConfigError(f"output folder {out} is not writable: {exc.strerror or type(exc).__name__}") from None
     if images is None:
         from .data import load
 
-        images = load(cfg.source, image_size=cfg.image_size, channels=3, progress=progress).images
-    real_train, real_hold = split_images(images.float(), cfg.holdout_fraction, cfg.seed)
-    ref_train = real_train[torch.randperm(len(real_train), generator=torch.Generator().manual_seed(cfg.seed))
-                           [: cfg.n_eval]]
+        ds = load(cfg.source, image_size=cfg.image_size, channels=3, progress=progress)
+        images, groups = ds.images, ds.groups
+    real_train, real_hold = split_images(images.float(), cfg.holdout_fraction, cfg.seed, groups)
+    for name in cfg.contenders:  # a bad preset override fails here, not after hours of the first contender
+        contender_config(cfg, name, cfg.kimg, len(real_train))
+    # the reference set keeps the seeded draw order (torch.randperm), as before the helper existed
+    ref_train = real_train[torch.from_numpy(seeded_subset(len(real_train), cfg.n_eval, cfg.seed, sort=False))]
     rows_path = out / "rows.jsonl"
     rows = _read_rows(rows_path)
     done = {(r["contender"], r["budget"], r["milestone"]) for r in rows}
@@ -303,11 +332,11 @@ def verdict(comp: Comparison) -> str:
 
 def plot_metrics(comp: Comparison, x: str = "kimg", path: str | Path | None = None):
     """Metrics over training (``x`` = "kimg" or "train_s"), one line per contender; dashed = real baseline."""
-    from .plots import _figure, _finish
+    from .plots import figure, finish
 
     panels = [("fid", "offline FID (lower better)"), ("precision", "precision"), ("recall", "recall"),
               ("msssim", "MS-SSIM diversity (lower = more diverse)"), ("copy_rate", "copy rate")]
-    fig = _figure(4.2 * len(panels), 3.8)
+    fig = figure(4.2 * len(panels), 3.8)
     axes = fig.subplots(1, len(panels))
     for name in comp.config.contenders:
         pts = sorted((r[x], r) for r in comp.rows if r["contender"] == name)
@@ -332,30 +361,31 @@ def plot_metrics(comp: Comparison, x: str = "kimg", path: str | Path | None = No
             ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short log axis
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def plot_samples(comp: Comparison, n: int = 16, path: str | Path | None = None):
     """Real training images, then each contender's final samples, as grids side by side."""
-    from .plots import _figure, _finish, _show, image_grid
+    from .plots import figure, finish, image_grid, show_gray
 
     panels = [("real (training)", comp.train_images[:n])]
     for name in comp.config.contenders:
         if (comp.out_dir / slug(name) / runs.NETWORK_FINAL).exists():
             panels.append((name, runs.sample(comp.generator(name), n, seed=comp.config.seed + 2)))
-    fig = _figure(3.6 * len(panels), 3.9)
+    fig = figure(3.6 * len(panels), 3.9)
     for ax, (title, imgs) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        _show(ax, image_grid(imgs.mean(1, keepdim=True), nrow=int(math.sqrt(n))))
+        show_gray(ax, image_grid(imgs.mean(1, keepdim=True), nrow=int(math.sqrt(n))))
         ax.set_title(title, fontsize=10)
-    return _finish(fig, path)
-
-
-def config_dict(cfg: CompareConfig) -> dict[str, Any]:
-    return dataclasses.asdict(cfg)
+    return finish(fig, path)
 
 
 def make_config(**overrides: Any) -> CompareConfig:
-    """CompareConfig defaults plus overrides (Python values or strings), type-checked."""
+    """CompareConfig defaults plus overrides, type-checked through ``config.coerce``.
+
+    Papermill strings are read as the CLI reads them: ``equal_wall_time="false"`` is False,
+    ``contenders="['DCGAN stable']"`` a list, ``train_overrides="{'base': 8}"`` a dict; an unknown name or
+    an ill-typed value is a one-line ConfigError.
+    """
     return C.apply_overrides(CompareConfig(), overrides)
 
 

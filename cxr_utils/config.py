@@ -8,16 +8,21 @@ all three go through ``coerce``, so an unknown field or an ill-typed value is th
 
 from __future__ import annotations
 
+import ast
 import dataclasses
+import functools
+import inspect
 import json
+import numbers
 import types
 import typing
 from pathlib import Path
-from typing import Any, Mapping, TypeVar
+from typing import Any, Callable, Mapping, TypeVar
 
 from .errors import ConfigError
 
 C = TypeVar("C")
+F = TypeVar("F", bound=Callable[..., Any])
 
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off"}
@@ -42,8 +47,11 @@ def _type_name(tp: Any) -> str:
 def coerce(name: str, value: Any, tp: Any) -> Any:
     """Convert ``value`` to the annotated type ``tp`` or raise ConfigError.
 
-    Strings (from the CLI) are parsed; Python values must already have the right type, except that an
-    int is accepted for a float field and a list for a tuple field.
+    Strings (from the CLI and papermill ``-p``) are parsed: ``"true"/"yes"/"on"/"1"`` and
+    ``"false"/"no"/"off"/"0"`` for a bool, ``"a,b"`` or a Python literal ``"[1, 2]"`` for a list or
+    tuple, a literal ``"{'k': 1}"`` for a dict. Python values must already have the right type, except
+    that an int is accepted for a float field, a list for a tuple field and numpy scalars for their kind.
+    A bool field accepts a real bool only (or one of those strings): ``1`` or ``"maybe"`` is an error.
     """
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -65,23 +73,30 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
         raise ConfigError(f"{name}: expected one of {list(args)}, got {value!r}")
     if origin in (tuple, list):
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            value = _literal(name, value) if value.strip()[:1] in "[(" and value.strip() else \
+                [v.strip() for v in value.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{name}: expected a list, got {value!r}")
         inner = args[0] if args else Any
         items = [coerce(name, v, inner) if inner is not Any else v for v in value]
         return tuple(items) if origin is tuple else items
+    if origin is dict or tp is dict:
+        if isinstance(value, str):
+            value = _literal(name, value) if value.strip() else {}
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{name}: expected a dict, got {value!r}")
+        return dict(value)
     if tp is bool:
-        if isinstance(value, bool):
-            return value
+        if isinstance(value, (bool, np_bool())):
+            return bool(value)
         if isinstance(value, str) and value.lower() in _TRUE | _FALSE:
             return value.lower() in _TRUE
         raise ConfigError(f"{name}: expected true/false, got {value!r}")
     if tp is int:
         if isinstance(value, bool):
             raise ConfigError(f"{name}: expected an integer, got {value!r}")
-        if isinstance(value, int):
-            return value
+        if isinstance(value, numbers.Integral):
+            return int(value)
         if isinstance(value, float) and value.is_integer():
             return int(value)
         if isinstance(value, str):
@@ -106,6 +121,66 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
             return value
         raise ConfigError(f"{name}: expected a string, got {value!r}")
     return value
+
+
+def _literal(name: str, text: str) -> Any:
+    """A Python literal written as text (papermill passes ``-p x "[1, 2]"`` as that string)."""
+    try:
+        return ast.literal_eval(text.strip())
+    except (ValueError, SyntaxError):
+        raise ConfigError(f"{name}: cannot read {text!r} as a Python literal") from None
+
+
+def np_bool() -> type:
+    """numpy's bool scalar type (``numpy.bool_``), accepted where a bool is expected."""
+    import numpy as np
+
+    return np.bool_
+
+
+def typed_keywords(fn: F) -> F:
+    """Decorate a public function so every argument goes through :func:`coerce` by its annotation.
+
+    Papermill parameters and CLI values arrive as strings (``"false"``, ``"[0.1, 1.0]"``, ``"64"``);
+    the decorated function sees the typed values, or the caller gets a one-line ConfigError naming
+    the keyword. Arguments whose annotation ``coerce`` does not know (tensors, paths) pass unchanged.
+    """
+    signature = inspect.signature(fn)
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        hints = _hints(fn)
+        bound = signature.bind(*args, **kwargs)
+        for name, value in bound.arguments.items():
+            kind = signature.parameters[name].kind
+            if name in hints and kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD):
+                bound.arguments[name] = coerce(name, value, hints[name])
+        return fn(*bound.args, **bound.kwargs)
+
+    return typing.cast(F, wrapper)
+
+
+@functools.cache
+def _hints(fn: Callable[..., Any]) -> dict[str, Any]:
+    return {k: v for k, v in typing.get_type_hints(fn).items() if k != "return"}
+
+
+def check_same_settings(saved: Mapping[str, Any], current: Mapping[str, Any], allowed_changes: set[str] | frozenset[str],
+                        what: str, where: Path | str, advice: str = "use another folder") -> None:
+    """Raise ConfigError if ``saved`` and ``current`` settings differ outside ``allowed_changes``.
+
+    ``saved`` is what a folder's settings file holds (fields added since it was written should be
+    filled with their defaults by the caller), ``current`` the settings of this call; both are
+    compared after a JSON round trip, so tuples equal lists. The one-line message names ``what``
+    (e.g. "a study"), the folder ``where``, every differing key with its old and new value, and ends
+    with ``advice``.
+    """
+    norm_saved, norm_current = json.loads(json.dumps(dict(saved))), json.loads(json.dumps(dict(current)))
+    changed = [f"{k}: {norm_saved.get(k)!r} -> {norm_current.get(k)!r}"
+               for k in sorted(set(norm_saved) | set(norm_current))
+               if k not in allowed_changes and norm_saved.get(k) != norm_current.get(k)]
+    if changed:
+        raise ConfigError(f"{where} holds {what} with other settings ({'; '.join(changed)}); {advice}")
 
 
 def apply_overrides(cfg: C, overrides: Mapping[str, Any] | None = None, **kwargs: Any) -> C:

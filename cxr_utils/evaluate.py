@@ -28,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 from . import metrics as M
+from .config import coerce, typed_keywords
 from .errors import ConfigError, DataError
 
 DEFAULT_EXTRACTORS = ("offline", "inception", "xrv")  # the last two are skipped, with the reason, without weights
@@ -82,6 +83,7 @@ def _audit_summary(audit: dict, space: str, n_real: int, seed: int) -> dict:
     }
 
 
+@typed_keywords
 def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.Tensor,
              extractors: Sequence[str] | str = DEFAULT_EXTRACTORS, seed: int = 0,
              weights: Mapping[str, str | Path | None] | None = None, out_dir: str | Path | None = None,
@@ -98,8 +100,7 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
     reported as ``{"skipped": reason}``. With ``out_dir``, ``metrics.json`` and the figures are written;
     ``provenance`` (where the images came from) is stored in the result as given.
     """
-    if isinstance(extractors, str):
-        extractors = [e.strip() for e in extractors.split(",") if e.strip()]
+    extractors = list(coerce("extractors", extractors, tuple[str, ...]))  # "a,b" or "['a', 'b']"
     unknown = [e for e in extractors if e not in M.EXTRACTORS]
     if unknown:
         raise ConfigError(f"unknown feature extractor(s) {unknown}; choose from {', '.join(M.EXTRACTORS)}")
@@ -247,10 +248,9 @@ def _is_run(path: Path) -> bool:
 
 
 def _random_subset(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    if len(images) <= n:
-        return images
-    keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]
-    return images[keep.sort().values]
+    from .stats import seeded_subset
+
+    return images if len(images) <= n else images[torch.from_numpy(seeded_subset(len(images), n, seed))]
 
 
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -347,6 +347,7 @@ def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="torchxrayvision densenet121-res224-all weights (default: its cache; never downloaded)")
 
 
+@typed_keywords
 def evaluate_run(fake: str | Path, out_dir: str | Path | None = None, real: str | None = None, n: int = 2000,
                  extractors: Sequence[str] | str = DEFAULT_EXTRACTORS, holdout_fraction: float = 0.2, seed: int = 0,
                  image_size: int | None = None, weights: Mapping[str, str | Path | None] | None = None,

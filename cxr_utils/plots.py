@@ -62,14 +62,15 @@ def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, padding: in
     return path
 
 
-def _figure(width: float, height: float) -> Figure:
+def figure(width: float, height: float) -> Figure:
     """A pyplot figure (so notebooks render it), closed at once (so nothing else shows or keeps it)."""
     fig = plt.figure(figsize=(width, height), layout="constrained")
     plt.close(fig)
     return fig
 
 
-def _finish(fig: Figure, path: str | Path | None) -> Figure:
+def finish(fig: Figure, path: str | Path | None) -> Figure:
+    """Save ``fig`` as a 120 dpi PNG at ``path`` (folders created) when a path is given; return it."""
     if path is not None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -77,7 +78,8 @@ def _finish(fig: Figure, path: str | Path | None) -> Figure:
     return fig
 
 
-def _show(ax, image: np.ndarray) -> None:
+def show_gray(ax, image: np.ndarray) -> None:
+    """Draw an H x W uint8-range image (0..255) on ``ax`` in grey, pixel for pixel, without ticks."""
     ax.imshow(image, cmap="gray", vmin=0, vmax=255, interpolation="nearest")
     ax.set_xticks([])
     ax.set_yticks([])
@@ -86,17 +88,17 @@ def _show(ax, image: np.ndarray) -> None:
 def montage_by_class(ds: CXRDataset, per_class: int = 8, path: str | Path | None = None) -> Figure:
     """One row per class: its first ``per_class`` images, labelled with the class size."""
     k = len(ds.class_names)
-    fig = _figure(1.1 * per_class + 1.2, 1.25 * k + 0.5)
+    fig = figure(1.1 * per_class + 1.2, 1.25 * k + 0.5)
     axes = fig.subplots(k, 1, squeeze=False)[:, 0]
     for label, (ax, name) in enumerate(zip(axes, ds.class_names)):
         idx = (ds.labels == label).nonzero().flatten()
         if len(idx):
-            _show(ax, image_grid(ds.images[idx[:per_class]], nrow=per_class))
+            show_gray(ax, image_grid(ds.images[idx[:per_class]], nrow=per_class))
         else:
             ax.set_axis_off()
         ax.set_ylabel(f"{name}\n(n={len(idx)})", rotation=0, ha="right", va="center")
     fig.suptitle(f"{ds.source}: first {per_class} images per class")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def mean_image_by_class(ds: CXRDataset, path: str | Path | None = None) -> Figure:
@@ -111,13 +113,13 @@ def mean_image_by_class(ds: CXRDataset, path: str | Path | None = None) -> Figur
         means.append(sel.mean(0).numpy() if len(sel) else None)
     two = len(means) == 2 and all(m is not None for m in means)
     panels = len(means) + int(two)
-    fig = _figure(3.0 * panels, 3.3)
+    fig = figure(3.0 * panels, 3.3)
     axes = fig.subplots(1, panels, squeeze=False)[0]
     for ax, name, mean in zip(axes, ds.class_names, means):
         if mean is None:
             ax.set_axis_off()
         else:
-            _show(ax, (mean * 0.5 + 0.5) * 255)
+            show_gray(ax, (mean * 0.5 + 0.5) * 255)
         ax.set_title(f"mean {name}")
     if two:
         diff = (means[1] - means[0]) * 0.5 * 255  # in 8-bit grey levels
@@ -127,12 +129,12 @@ def mean_image_by_class(ds: CXRDataset, path: str | Path | None = None) -> Figur
         axes[-1].set_yticks([])
         axes[-1].set_title(f"{ds.class_names[1]} - {ds.class_names[0]}")
         fig.colorbar(im, ax=axes[-1], shrink=0.8, label="grey levels")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def intensity_histograms(ds: CXRDataset, path: str | Path | None = None) -> Figure:
     """Pixel-intensity distribution (8-bit grey levels, density) per class, overlaid."""
-    fig = _figure(6.5, 3.8)
+    fig = figure(6.5, 3.8)
     ax = fig.subplots()
     bins = np.arange(257)
     for label, name in enumerate(ds.class_names):
@@ -147,13 +149,13 @@ def intensity_histograms(ds: CXRDataset, path: str | Path | None = None) -> Figu
     ax.set_ylabel("density")
     ax.set_title(f"{ds.source}: intensity histogram per class")
     ax.legend()
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def class_balance(ds: CXRDataset, path: str | Path | None = None) -> Figure:
     """Images per class, with counts and shares written on the bars."""
     counts = np.bincount(ds.labels.numpy(), minlength=len(ds.class_names))[:len(ds.class_names)]
-    fig = _figure(max(3.5, 1.3 * len(counts) + 1.5), 3.5)
+    fig = figure(max(3.5, 1.3 * len(counts) + 1.5), 3.5)
     ax = fig.subplots()
     bars = ax.bar(ds.class_names, counts, color="tab:blue")
     total = max(int(counts.sum()), 1)
@@ -161,12 +163,12 @@ def class_balance(ds: CXRDataset, path: str | Path | None = None) -> Figure:
     ax.set_ylabel("images")
     ax.set_ylim(0, max(int(counts.max()), 1) * 1.15)
     ax.set_title(f"{ds.source}: class balance (n={total})")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def size_distribution(report: DataReport, path: str | Path | None = None, max_bars: int = 12) -> Figure:
     """Original image sizes (bars when few distinct, else a width-height scatter) and bit depths."""
-    fig = _figure(9, 3.6)
+    fig = figure(9, 3.6)
     ax_size, ax_bits = fig.subplots(1, 2, width_ratios=[2, 1])
     sizes = sorted(report.original_sizes.items(), key=lambda kv: -kv[1])
     if len(sizes) <= max_bars:
@@ -183,7 +185,7 @@ def size_distribution(report: DataReport, path: str | Path | None = None, max_ba
     ax_bits.bar([d for d, _ in depths], [n for _, n in depths], color="tab:gray")
     ax_bits.set_title("bit depth")
     ax_bits.set_ylabel("images")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -210,7 +212,7 @@ def _moving_average(values: np.ndarray, window: int) -> np.ndarray:
 
 
 def _training_curves(history: list[dict], keys: dict[str, str], ylabel: str, title: str) -> Figure:
-    fig = _figure(9, 4)
+    fig = figure(9, 4)
     ax = fig.subplots()
     window = max(1, len(history) // 50)
     for key, label in keys.items():
@@ -232,7 +234,7 @@ def _training_curves(history: list[dict], keys: dict[str, str], ylabel: str, tit
 def training_losses(history: list[dict], path: str | Path | None = None) -> Figure:
     """Discriminator and generator loss per iteration."""
     fig = _training_curves(history, {"loss_D": "D loss", "loss_G": "G loss"}, "loss", "GAN losses")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def training_scores(history: list[dict], path: str | Path | None = None) -> Figure:
@@ -245,7 +247,7 @@ def training_scores(history: list[dict], path: str | Path | None = None) -> Figu
     ax = fig.axes[0]
     ax.axhline(0.5, color="k", lw=0.8, ls="--")
     ax.set_ylim(-0.02, 1.02)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def augment_probability(history: list[dict], path: str | Path | None = None, target: float | None = 0.6,
@@ -253,7 +255,7 @@ def augment_probability(history: list[dict], path: str | Path | None = None, tar
     """ADA's augmentation probability p and its overfitting measure r_t = E[sign(D(real))] over kimg.
 
     r_t is measured every few D steps; ADA raises p while r_t is above ``target`` and lowers it below."""
-    fig = _figure(9, 3.6)
+    fig = figure(9, 3.6)
     ax = fig.subplots()
     for key, label in (("augment_p", "p (augmentation probability)"), ("augment_rt", "r_t = E[sign(D(real))]")):
         pts = [(r["kimg"], r[key]) for r in history if r.get(key) is not None and math.isfinite(r[key])]
@@ -267,7 +269,7 @@ def augment_probability(history: list[dict], path: str | Path | None = None, tar
     ax.set_title(f"{kind}: {title}" if title else f"{kind}: probability p and overfitting measure r_t")
     ax.legend(loc="best", fontsize=8)
     ax.grid(alpha=0.3)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def epoch_grids(sample_dir: str | Path, epochs: list[int] | tuple[int, ...],
@@ -277,23 +279,23 @@ def epoch_grids(sample_dir: str | Path, epochs: list[int] | tuple[int, ...],
     found = [(e, p) for e, p in found if p.exists()]
     if not found:
         return None
-    fig = _figure(4.2 * len(found), 4.5)
+    fig = figure(4.2 * len(found), 4.5)
     for ax, (epoch, png) in zip(fig.subplots(1, len(found), squeeze=False)[0], found):
         ax.imshow(np.asarray(Image.open(png).convert("L")), cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"epoch {epoch}")
         ax.set_axis_off()
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def real_vs_generated(real: torch.Tensor, fake: torch.Tensor, n: int = 32,
                       path: str | Path | None = None) -> Figure:
     """``n`` real and ``n`` generated images (in [-1, 1]) as two grayscale grids side by side."""
-    fig = _figure(11, 5.8)
+    fig = figure(11, 5.8)
     for ax, images, title in zip(fig.subplots(1, 2), (real, fake), ("real", "generated")):
         shown = images[:n].float().mean(1, keepdim=True)  # RGB-replicated gray back to gray
-        _show(ax, image_grid(shown, nrow=math.ceil(math.sqrt(len(shown)))))
+        show_gray(ax, image_grid(shown, nrow=math.ceil(math.sqrt(len(shown)))))
         ax.set_title(f"{title} ({len(shown)})")
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def save_progress_gif(frames: list[Path], path: str | Path, seconds_per_frame: float = 0.4) -> Path:
@@ -328,12 +330,12 @@ def memorisation_pairs(fake: torch.Tensor, reference: torch.Tensor, nn_distance:
         ax.set_axis_off()
     for ax, i in zip(axes, order):
         pair = torch.stack([fake[i].float().mean(0, keepdim=True), reference[nn_index[i]].float().mean(0, keepdim=True)])
-        _show(ax, image_grid(pair, nrow=2))
+        show_gray(ax, image_grid(pair, nrow=2))
         close = nn_distance[i] < threshold
         ax.set_title(f"gen {i} | real {nn_index[i]}: {nn_distance[i]:.3g}", fontsize=9,
                      color="red" if close else "black")
     fig.suptitle(f"closest generated | nearest real (red: below copy threshold {threshold:.3g})", fontsize=10)
-    return _finish(fig, path)
+    return finish(fig, path)
 
 
 def nn_distance_histograms(spaces: dict[str, tuple[np.ndarray, np.ndarray, float]],
@@ -355,4 +357,4 @@ def nn_distance_histograms(spaces: dict[str, tuple[np.ndarray, np.ndarray, float
         ax.set_xlabel("distance to nearest real image")
         ax.legend(fontsize=7)
     axes[0].set_ylabel("density")
-    return _finish(fig, path)
+    return finish(fig, path)

@@ -10,7 +10,7 @@ The answer must be trustworthy either way, so the design is a paired comparison 
   each augmented class, from one generator per class trained on that class's training images of the
   ``f``-subset only) and ``synthetic-only:<gan>`` (as many synthetic images per class as real ones);
 - every classifier is scored on the same test images as ``real`` of its seed, so the AUC difference
-  has a paired bootstrap interval (``classify.paired_bootstrap_delta``); seeds are pooled by resampling
+  has a paired bootstrap interval (``stats.paired_bootstrap_delta``); seeds are pooled by resampling
   each seed's test set and averaging the per-seed differences;
 - no test image's MD5 may be in any generator's training set (``splits.assert_no_leak``), checked
   against the MD5 list stored next to each cached generator, so a stale cache cannot leak either.
@@ -62,7 +62,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from . import classify, runs, splits
+from . import classify, runs, splits, stats
 from . import config as C
 from .errors import ConfigError, DataError, RunError
 from .paths import project_path
@@ -128,24 +128,13 @@ class StudyConfig:
             raise ConfigError(f"unknown generator preset(s) {unknown}; choose from {', '.join(PRESETS)}")
 
 
-def _literal_lists(overrides: dict[str, Any]) -> dict[str, Any]:
-    """``"[0.5, 1.0]"`` -> ``[0.5, 1.0]``: papermill ``-p`` passes list parameters as such strings."""
-    import ast
-
-    def parse(v: Any) -> Any:
-        if isinstance(v, str) and v.strip().startswith("["):
-            try:
-                return ast.literal_eval(v)
-            except (ValueError, SyntaxError):
-                raise ConfigError(f"cannot read {v!r} as a list") from None
-        return v
-
-    return {k: parse(v) for k, v in overrides.items()}
-
-
 def make_study_config(**overrides: Any) -> StudyConfig:
-    """Defaults plus overrides (Python values, papermill parameters or CLI strings), validated."""
-    return C.apply_overrides(StudyConfig(), _literal_lists(overrides))
+    """Defaults plus overrides (Python values, papermill parameters or CLI strings), validated.
+
+    Every value goes through ``config.coerce``: ``"false"`` is False, ``"[0.1, 1.0]"`` a list; an unknown
+    name or an ill-typed value is a one-line ConfigError.
+    """
+    return C.apply_overrides(StudyConfig(), overrides)
 
 
 # ------------------------------------------------------------------------------------------ grid
@@ -194,19 +183,28 @@ def write_json_atomic(obj: Any, path: Path) -> None:
     atomic_write(path, lambda f: json.dump(obj, f), binary=False)
 
 
-def _check_out_dir(cfg: StudyConfig, out: Path) -> None:
-    """Refuse to mix cells trained under different settings in one folder."""
+def _check_out_dir(cfg: StudyConfig, out: Path, write: bool = True) -> None:
+    """Refuse to mix cells trained under different settings in one folder, or an unwritable folder."""
     saved_path = out / "study_config.json"
     given = C.to_dict(cfg)
     if saved_path.exists():
         # a field added after the folder was written counts as its default (what those cells used)
         saved = C.to_dict(StudyConfig()) | json.loads(saved_path.read_text())
-        changed = [f"{k}: {saved.get(k)!r} -> {v!r}" for k, v in given.items()
-                   if k not in EXTENDING_FIELDS and saved.get(k) != v]
-        if changed:
-            raise ConfigError(f"{out} holds a study with other settings ({'; '.join(changed)}); "
-                              f"use another out folder")
-    write_json_atomic(given, saved_path)
+        C.check_same_settings(saved, given, EXTENDING_FIELDS, "a study", out)
+    _check_writable(out)
+    if write:
+        write_json_atomic(given, saved_path)
+
+
+def _check_writable(out: Path) -> None:
+    """ConfigError naming ``out`` when it cannot be created or written to (before any training)."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"output folder {out} is not writable: {exc.strerror or type(exc).__name__}") from None
 
 
 # ------------------------------------------------------------------------------------------ data
@@ -229,6 +227,9 @@ class _Study:
         self.ds = load(cfg.source, image_size=cfg.image_size, channels=1, progress=progress)
         self.y = self.ds.labels.numpy()
         self.k = len(self.ds.class_names)
+        if self.k < 2:
+            raise DataError(f"{cfg.source} has {self.k} class ({', '.join(self.ds.class_names)}); the study "
+                            f"compares classifiers, which needs at least 2 classes (one sub-folder per class)")
         wanted = cfg.augment_classes or tuple(self.ds.class_names)
         missing = sorted(set(wanted) - set(self.ds.class_names))
         if missing:
@@ -242,6 +243,30 @@ class _Study:
             s = splits.make_splits(self.y, self.ds.groups, fractions=self.cfg.split, seed=seed)
             self._splits[seed] = _Split(s["train"], s["val"], s["test"])
         return self._splits[seed]
+
+    def check_sizes(self) -> None:
+        """DataError before any training when a seed's split or a fraction's subset is too small.
+
+        Every class needs an image in each seed's validation and test split (AUC needs both classes),
+        one in the training subset of every fraction (the classifier sees every class) and two for
+        every augmented class when generators are trained (a GAN needs at least 2 images).
+        """
+        names = self.ds.class_names
+        for seed in self.cfg.seeds:
+            sp = self.split(seed)
+            for part in ("val", "test"):
+                counts = np.bincount(self.y[getattr(sp, part)], minlength=self.k)
+                if counts.min() < 1:
+                    raise DataError(f"seed {seed}: the {part} split has no {names[int(counts.argmin())]!r} "
+                                    f"image ({len(self.y)} images, split {list(self.cfg.split)}); use more "
+                                    f"data or another split")
+            need = {c: 2 if self.cfg.generators and c in self.augmented else 1 for c in range(self.k)}
+            for fraction in self.cfg.fractions:
+                counts = np.bincount(self.y[self.train_subset(fraction, seed)], minlength=self.k)
+                short = [f"{names[c]!r} has {counts[c]} (needs {n})" for c, n in need.items() if counts[c] < n]
+                if short:
+                    raise DataError(f"seed {seed}, fraction {fraction:g}: training subset too small: "
+                                    f"{', '.join(short)}")
 
     def train_subset(self, fraction: float, seed: int) -> np.ndarray:
         return splits.subsample_fraction(self.split(seed).train, self.y, fraction, seed=seed)
@@ -371,21 +396,25 @@ def run_cell(study: _Study, cell: Cell) -> dict[str, Any]:
             "class_names": list(ds.class_names)}
 
 
+@C.typed_keywords
 def run_cells(cfg: StudyConfig, progress: bool = True) -> Path:
     """Run every cell not yet on disk; return the study folder."""
     cfg.validate()
     out = project_path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    _check_out_dir(cfg, out)
+    _check_out_dir(cfg, out, write=False)  # other settings or an unwritable folder: stop before loading
     todo = [c for c in grid(cfg) if not (out / CELLS / f"{c.name}.json").exists()]
     if not todo:
+        _check_out_dir(cfg, out)
         return out
     from tqdm.auto import tqdm
 
+    # everything that can fail is checked before the first GAN or classifier trains
     study = _Study(cfg, out, progress)
+    study.check_sizes()
     for seed in cfg.seeds:  # duplicates across splits would leak through every generator: stop first
         splits.assert_no_leak(study.test_md5s(seed), [study.ds.md5s[i] for i in study.split(seed).train],
                               what=f"test (seed {seed})")
+    _check_out_dir(cfg, out)
     total = len(grid(cfg))
     with tqdm(total=total, initial=total - len(todo), desc="study cells", unit="cell",
               disable=not progress) as bar:
@@ -397,34 +426,6 @@ def run_cells(cfg: StudyConfig, progress: bool = True) -> Path:
 
 
 # -------------------------------------------------------------------------------------- analysis
-
-
-def _stratified(y: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    return np.concatenate([m[rng.integers(0, len(m), len(m))] for m in
-                           (np.flatnonzero(y == c) for c in np.unique(y))])
-
-
-def pooled_bootstrap(tests: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]], n_boot: int,
-                     seed: int = 0, alphas: tuple[float, ...] = (0.05,)) -> tuple[float, list[tuple[float, float]]]:
-    """(mean, [(low, high) per alpha]) of the seed-averaged AUC(b) - AUC(a), or of AUC(b) when a is None.
-
-    Each seed's own test set is resampled (stratified, paired for a and b) and the per-seed values
-    averaged, so the interval covers test-set sampling for the seeds' trained models.
-    """
-    def value(y: np.ndarray, a: np.ndarray | None, b: np.ndarray) -> float:
-        return classify.macro_auc(y, b) - (classify.macro_auc(y, a) if a is not None else 0.0)
-
-    estimate = float(np.mean([value(y, a, b) for y, a, b in tests]))
-    rng = np.random.default_rng(seed)
-    boots = np.empty(n_boot)
-    for i in range(n_boot):
-        vals = []
-        for y, a, b in tests:
-            idx = _stratified(y, rng)
-            vals.append(value(y[idx], None if a is None else a[idx], b[idx]))
-        boots[i] = np.mean(vals)
-    boots = boots[~np.isnan(boots)]
-    return estimate, [tuple(float(v) for v in np.percentile(boots, [50 * a, 100 - 50 * a])) for a in alphas]
 
 
 def load_cells(cfg: StudyConfig) -> list[dict[str, Any]]:
@@ -457,7 +458,7 @@ def results_table(cells: list[dict[str, Any]], n_boot: int) -> pd.DataFrame:
             if ref is not None and c["condition"] != base:
                 if ref["test_fingerprint"] != c["test_fingerprint"]:
                     raise DataError(f"cells {ref['name']} and {c['name']} were tested on different images")
-                d = classify.paired_bootstrap_delta(np.asarray(c["test_labels"]), np.asarray(ref["test_scores"]),
+                d = stats.paired_bootstrap_delta(np.asarray(c["test_labels"]), np.asarray(ref["test_scores"]),
                                                     np.asarray(c["test_scores"]), n_boot=n_boot, seed=c["seed"])
             row |= {f"dauc_vs_{tag}": d["delta"], f"dauc_vs_{tag}_ci_low": d["ci_low"],
                     f"dauc_vs_{tag}_ci_high": d["ci_high"], f"dauc_vs_{tag}_p": d["p_value"]}
@@ -480,7 +481,7 @@ def summary_table(cells: list[dict[str, Any]], n_boot: int, order: list[str]) ->
     rows = []
     for (cond, frac), members in sorted(groups.items(), key=lambda kv: (order.index(kv[0][0]), kv[0][1])):
         tests = [(np.asarray(c["test_labels"]), None, np.asarray(c["test_scores"])) for c in members]
-        auc, [(low, high)] = pooled_bootstrap(tests, n_boot, seed=1)
+        auc, [(low, high)] = stats.pooled_bootstrap(tests, n_boot, seed=1)
         row: dict[str, Any] = {"condition": cond, "fraction": frac, "n_seeds": len(members),
                                "auc_mean": auc, "auc_sd": float(np.std([c["metrics"]["auc"] for c in members], ddof=1))
                                if len(members) > 1 else float("nan"), "auc_ci_low": low, "auc_ci_high": high}
@@ -495,8 +496,8 @@ def summary_table(cells: list[dict[str, Any]], n_boot: int, order: list[str]) ->
             tests = [(np.asarray(c["test_labels"]), np.asarray(r["test_scores"]), np.asarray(c["test_scores"]))
                      for c, r in pairs]
             adjusted = 0.05 / max(n_comparisons[base], 1)
-            d, [(dl, dh), (al, ah)] = pooled_bootstrap(tests, n_boot, seed=2, alphas=(0.05, adjusted))
-            per_seed = [classify.macro_auc(y, b) - classify.macro_auc(y, a) for y, a, b in tests]
+            d, [(dl, dh), (al, ah)] = stats.pooled_bootstrap(tests, n_boot, seed=2, alphas=(0.05, adjusted))
+            per_seed = [stats.macro_auc(y, b) - stats.macro_auc(y, a) for y, a, b in tests]
             row |= {f"dauc_vs_{tag}": d, f"dauc_vs_{tag}_ci_low": dl, f"dauc_vs_{tag}_ci_high": dh,
                     f"dauc_vs_{tag}_adj_low": al, f"dauc_vs_{tag}_adj_high": ah,
                     f"dauc_vs_{tag}_seeds_better": f"{sum(v > 0 for v in per_seed)}/{len(per_seed)}"}
@@ -547,10 +548,9 @@ def verdict(summary: pd.DataFrame, weights: str, backbone: str) -> list[str]:
 
 def plot_auc_vs_fraction(summary: pd.DataFrame, path: str | Path, title: str = ""):
     """Mean test AUC over seeds against the real-data fraction, one line per condition, pooled CIs."""
-    import matplotlib.pyplot as plt
+    from .plots import figure, finish
 
-    fig = plt.figure(figsize=(7.5, 4.8), layout="constrained")
-    plt.close(fig)
+    fig = figure(7.5, 4.8)
     ax = fig.add_subplot()
     conds = list(dict.fromkeys(summary["condition"]))
     for i, cond in enumerate(conds):
@@ -568,9 +568,7 @@ def plot_auc_vs_fraction(summary: pd.DataFrame, path: str | Path, title: str = "
     ax.set_title(title, fontsize=10)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="best")
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    return fig
+    return finish(fig, path)
 
 
 def _markdown(df: pd.DataFrame) -> str:
@@ -642,9 +640,10 @@ def analyze(cfg: StudyConfig) -> StudyReport:
     return StudyReport(results, summary, lines, weights_label, paths)
 
 
+@C.typed_keywords
 def run_study(cfg: StudyConfig | None = None, progress: bool = True, **overrides: Any) -> StudyReport:
     """Run (or resume) every cell, then analyse: the one call the notebook and the CLI make."""
-    cfg = C.apply_overrides(cfg or StudyConfig(), _literal_lists(overrides))
+    cfg = C.apply_overrides(cfg or StudyConfig(), overrides)
     run_cells(cfg, progress=progress)
     return analyze(cfg)
 
@@ -658,7 +657,7 @@ def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cli_run(args: argparse.Namespace) -> int:
-    cfg = C.apply_overrides(StudyConfig(), _literal_lists(C.overrides_from_args(args, StudyConfig)))
+    cfg = C.apply_overrides(StudyConfig(), C.overrides_from_args(args, StudyConfig))
     report = run_study(cfg, progress=not args.no_progress)
     print("\n".join(report.verdict))
     for name, path in report.paths.items():

@@ -12,6 +12,10 @@ Each point gets ``<out>/<name>/`` with ``parameters.json``, the executed ``noteb
 ``status.json``. A failed point is recorded and the others go on; a re-run skips points whose status is
 ``done``. At the end every ``metrics.json`` written under a point folder is flattened into
 ``<out>/summary.csv``.
+
+Every grid key, fixed parameter and the ``output_parameter`` must be assigned in the notebook's
+``parameters`` cell; anything else is a ConfigError before the first point runs (papermill would inject
+it unused, and summary.csv would list an axis that was never applied).
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import config as C
 from .errors import ConfigError
 
 STATUS = "status.json"
@@ -68,9 +73,52 @@ def load_spec(path: str | Path) -> SweepSpec:
     notebook = Path(raw["notebook"])
     if not notebook.is_file():
         raise ConfigError(f"sweep notebook not found: {notebook}")
-    return SweepSpec(notebook=notebook, out=Path(raw["out"]), grid=grid,
+    spec = SweepSpec(notebook=notebook, out=Path(raw["out"]), grid=grid,
                      parameters=dict(raw.get("parameters") or {}),
                      output_parameter=raw.get("output_parameter"), kernel=raw.get("kernel", "python3"))
+    check_parameters(spec)
+    return spec
+
+
+def notebook_parameters(notebook: str | Path) -> set[str]:
+    """The names assigned in the notebook's cell tagged ``parameters`` (papermill's convention).
+
+    Raises ConfigError when the notebook cannot be read, has no such cell, or the cell is not Python.
+    """
+    import ast
+
+    import nbformat
+
+    try:
+        nb = nbformat.read(str(notebook), as_version=4)
+    except Exception as exc:  # not JSON, not a notebook
+        raise ConfigError(f"cannot read notebook {notebook}: {type(exc).__name__}") from None
+    cells = [c for c in nb.cells if "parameters" in c.get("metadata", {}).get("tags", [])]
+    if not cells:
+        raise ConfigError(f"notebook {notebook} has no cell tagged 'parameters'")
+    try:
+        tree = ast.parse(cells[0].source)
+    except SyntaxError as exc:
+        raise ConfigError(f"the parameters cell of {notebook} is not valid Python: {exc.msg}") from None
+    names: set[str] = set()
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] \
+            if isinstance(node, ast.AnnAssign) else []
+        names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def check_parameters(spec: SweepSpec) -> None:
+    """ConfigError naming every grid key / fixed parameter the notebook's parameters cell lacks."""
+    known = notebook_parameters(spec.notebook)
+    given = {**{k: "grid" for k in spec.grid}, **{k: "parameters" for k in spec.parameters}}
+    if spec.output_parameter:
+        given[spec.output_parameter] = "output_parameter"
+    unknown = sorted(k for k in given if k not in known)
+    if unknown:
+        where = ", ".join(f"{k} ({given[k]})" for k in unknown)
+        raise ConfigError(f"{spec.notebook} has no parameter(s) {where}; its parameters cell sets: "
+                          f"{', '.join(sorted(known))}")
 
 
 def point_name(point: dict[str, Any]) -> str:
@@ -147,12 +195,18 @@ def summarise(spec: SweepSpec) -> Path:
     return path
 
 
+@C.typed_keywords
 def run_sweep(spec: SweepSpec, jobs: int = 1, progress: bool = True) -> dict[str, Any]:
-    """Run every unfinished point, ``jobs`` at a time, then write the summary."""
+    """Run every unfinished point, ``jobs`` at a time, then write the summary.
+
+    ``jobs`` and ``progress`` may be strings (``"2"``, ``"false"``), read by ``config.coerce``. The grid
+    is checked against the notebook's parameters first (:func:`check_parameters`).
+    """
     from tqdm.auto import tqdm
 
     if jobs < 1:
         raise ConfigError(f"--jobs must be at least 1, got {jobs}")
+    check_parameters(spec)
     spec.out.mkdir(parents=True, exist_ok=True)
     points = spec.points()
     todo = [p for p in points if _read_status(spec.out / point_name(p)).get("status") != "done"]

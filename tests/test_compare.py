@@ -1,5 +1,6 @@
 """Notebook 03's comparison engine: same split for every contender, resumable rows, computed verdict."""
 
+import dataclasses
 import json
 
 import pytest
@@ -114,5 +115,50 @@ def test_tiny_comparison_runs_resumes_and_guards_its_folder(tmp_path):
     fig = compare.plot_samples(again, n=4)
     assert len(fig.axes) == 3
     with pytest.raises(ConfigError, match="other settings"):
-        compare.run(compare.make_config(**{**compare.config_dict(cfg), "kimg": 0.096}), tmp_path / "cmp",
+        compare.run(compare.make_config(**{**dataclasses.asdict(cfg), "kimg": 0.096}), tmp_path / "cmp",
                     images=images, progress=False)
+
+
+def test_holdout_is_patient_disjoint():
+    images = torch.arange(60, dtype=torch.float32).view(60, 1, 1, 1)
+    groups = [f"patient{i // 4}" for i in range(60)]  # four images per patient
+    train, hold = compare.split_images(images, 0.25, seed=1, groups=groups)
+    train_patients = {groups[int(v)] for v in train.flatten()}
+    hold_patients = {groups[int(v)] for v in hold.flatten()}
+    assert not train_patients & hold_patients and len(hold) % 4 == 0 and len(train) + len(hold) == 60
+    assert len(hold_patients) == 4  # a quarter of the 15 patients, rounded by the greedy allocation
+
+
+def test_papermill_strings_are_coerced_and_bad_ones_are_one_line_errors():
+    cfg = compare.make_config(equal_wall_time="false", contenders="['DCGAN stable']", kimg="2.5",
+                              train_overrides="{'base': 8}", extractors="offline")
+    assert (cfg.equal_wall_time, cfg.contenders, cfg.kimg, cfg.train_overrides, cfg.extractors) == (
+        False, ("DCGAN stable",), 2.5, {"base": 8}, ("offline",))
+    for name, value in (("equal_wall_time", "maybe"), ("equal_wall_time", 1), ("train_overrides", "[1]")):
+        with pytest.raises(ConfigError, match=name) as err:
+            compare.make_config(**{name: value})
+        assert "\n" not in str(err.value)
+
+
+def test_bad_contender_settings_fail_before_any_training(tmp_path, monkeypatch):
+    def fail(*args, **kwargs):
+        raise AssertionError("nothing may train")
+
+    monkeypatch.setattr(compare.train, "train", fail)
+    images = torch.zeros(40, 3, 8, 8).uniform_(-1, 1)
+    cfg = compare.make_config(contenders=["DCGAN stable", "StyleGAN2-ADA"], train_overrides={"lr_d": "fast"})
+    with pytest.raises(ConfigError, match="lr_d"):
+        compare.run(cfg, tmp_path / "cmp", images=images, progress=False)
+    with pytest.raises(ConfigError, match="too few"):
+        compare.run(compare.make_config(), tmp_path / "cmp2", images=images[:12], progress=False)
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(ConfigError, match="not writable"):
+        compare.run(compare.make_config(), blocker / "cmp", images=images, progress=False)
+    assert not list((tmp_path / "cmp").glob("*/network-final.pt")) and blocker.read_text() == "x"
+
+
+def test_run_progress_keyword_is_coerced(tmp_path):
+    with pytest.raises(ConfigError, match="progress"):
+        compare.run(compare.make_config(), tmp_path / "cmp", images=torch.zeros(40, 3, 8, 8), progress="maybe")
+    assert not (tmp_path / "cmp").exists()

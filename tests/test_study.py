@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from cxr_utils import classify, splits, study
+from cxr_utils import classify, splits, stats, study
 from cxr_utils import train as gan_train
 from cxr_utils.data import load
 from cxr_utils.errors import ConfigError, DataError, RunError
@@ -61,7 +61,7 @@ def test_paired_delta_matches_classify(finished):
     cfg, report = finished
     cell = json.loads((study.project_path(cfg.out) / "cells" / "real+classic__f1__s1.json").read_text())
     ref = json.loads((study.project_path(cfg.out) / "cells" / "real__f1__s1.json").read_text())
-    expected = classify.paired_bootstrap_delta(np.array(cell["test_labels"]), np.array(ref["test_scores"]),
+    expected = stats.paired_bootstrap_delta(np.array(cell["test_labels"]), np.array(ref["test_scores"]),
                                                np.array(cell["test_scores"]), n_boot=cfg.n_boot, seed=1)
     row = report.results[(report.results["condition"] == "real+classic") & (report.results["seed"] == 1)].iloc[0]
     assert row["dauc_vs_real"] == pytest.approx(expected["delta"])
@@ -279,3 +279,75 @@ def test_cli_runs_a_tiny_study(tmp_path, capsys):
     assert main(args + ["--no-progress"]) == 0
     out = capsys.readouterr().out
     assert "trained from scratch" in out and (tmp_path / "auc_vs_fraction.png").is_file()
+
+
+def _one_class_folder(root, n=24):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    (root / "normal").mkdir(parents=True)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (64, 64), dtype=np.uint8)).save(root / "normal" / f"p{i}.png")
+    return root
+
+
+def _nothing_trained(monkeypatch):
+    monkeypatch.setattr(classify, "train_classifier", _fail)
+    monkeypatch.setattr(gan_train, "train", _fail)
+
+
+def test_one_class_folder_fails_before_any_training(tmp_path, monkeypatch):
+    _nothing_trained(monkeypatch)
+    source = _one_class_folder(tmp_path / "data")
+    cfg = study.make_study_config(**dict(TINY, source=str(source)), out=str(tmp_path / "out"))
+    with pytest.raises(DataError, match=r"has 1 class \(normal\).*at least 2 classes"):
+        study.run_study(cfg, progress=False)
+    assert not (tmp_path / "out" / "cells").exists() and not (tmp_path / "out" / "generators").exists()
+
+
+def test_too_small_subset_for_a_gan_fails_before_any_training(tmp_path, monkeypatch):
+    """phantom:96 at fraction 0.02: one image per class, and a GAN needs two."""
+    _nothing_trained(monkeypatch)
+    cfg = study.make_study_config(**dict(TINY, fractions=(0.02, 1.0)), out=str(tmp_path))
+    with pytest.raises(DataError, match=r"seed 0, fraction 0.02: training subset too small: 'normal' has 1 "
+                                        r"\(needs 2\)"):
+        study.run_cells(cfg, progress=False)
+    assert not (tmp_path / "cells").exists() and not (tmp_path / "study_config.json").exists()
+
+
+def test_unwritable_out_folder_fails_first(tmp_path, monkeypatch):
+    _nothing_trained(monkeypatch)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    with pytest.raises(ConfigError, match="not writable"):
+        study.run_cells(study.make_study_config(**TINY, out=str(blocker / "study")), progress=False)
+    assert blocker.read_text() == "not a folder"
+
+
+@pytest.mark.parametrize("field,value,match", [("fractions", (0.0, 1.0), "fractions must be in"),
+                                               ("fractions", (1.5,), "fractions must be in"),
+                                               ("ratios", (-1.0,), "ratios must be"),
+                                               ("generators", ("nope",), "unknown generator"),
+                                               ("backbone", "resnet9000", "backbone"),
+                                               ("synthetic_only", "maybe", "synthetic_only"),
+                                               ("pretrained", 1, "pretrained")])
+def test_bad_settings_are_one_line_config_errors(field, value, match):
+    with pytest.raises(ConfigError, match=match) as err:
+        study.make_study_config(**{field: value})
+    assert "\n" not in str(err.value)
+
+
+def test_papermill_strings_are_coerced():
+    cfg = study.make_study_config(fractions="[0.1, 1.0]", seeds="[3, 4, 5]", synthetic_only="false",
+                                  pretrained="no", gan_kimg="None", generators="['stable']")
+    assert (cfg.fractions, cfg.seeds, cfg.synthetic_only, cfg.pretrained, cfg.gan_kimg, cfg.generators) == (
+        (0.1, 1.0), (3, 4, 5), False, False, None, ("stable",))
+
+
+def test_progress_keyword_is_coerced_too(tmp_path, monkeypatch):
+    _nothing_trained(monkeypatch)
+    with pytest.raises(ConfigError, match="progress"):
+        study.run_study(out=str(tmp_path), progress="maybe")
+    with pytest.raises(ConfigError, match="progress"):
+        study.run_cells(study.make_study_config(out=str(tmp_path)), progress="yes please")
+    assert list(tmp_path.iterdir()) == []

@@ -83,3 +83,43 @@ def test_two_by_two_sweep_of_notebook_02_through_the_cli(tmp_path):
     for folder in (tmp_path / "sweep").iterdir():
         if folder.is_dir():
             assert (folder / "run" / "network-final.pt").exists() and (folder / "notebook.ipynb").exists()
+
+
+@pytest.mark.parametrize("grid_line,match", [("grid: {z: [1, 2]}\n", r"z \(grid\)"),
+                                             ("parameters: {w: 1}\ngrid: {x: [1]}\n", r"w \(parameters\)"),
+                                             ("output_parameter: out\ngrid: {x: [1]}\n", r"out \(output_parameter\)")])
+def test_keys_the_notebook_does_not_take_fail_before_any_point(tmp_path, grid_line, match):
+    nbpath = tmp_path / "toy.ipynb"
+    _toy_notebook(nbpath)
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(f"notebook: {nbpath}\nout: {tmp_path / 'sweep'}\n{grid_line}")
+    with pytest.raises(ConfigError, match=match) as err:
+        load_spec(grid)
+    assert "parameters cell sets: out_dir, x, y" in str(err.value) and "\n" not in str(err.value)
+    # a spec built in Python is checked by run_sweep too, before a point folder exists
+    from cxr_utils.sweep import SweepSpec
+
+    spec = SweepSpec(notebook=nbpath, out=tmp_path / "sweep", grid={"z": [1, 2]})
+    with pytest.raises(ConfigError, match=r"z \(grid\)"):
+        run_sweep(spec, progress=False)
+    assert not (tmp_path / "sweep").exists()
+
+
+def test_notebook_without_a_parameters_cell_is_refused(tmp_path):
+    nbpath = tmp_path / "plain.ipynb"
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("x = 1")]
+    nbformat.write(nb, nbpath)
+    (tmp_path / "g.yaml").write_text(f"notebook: {nbpath}\nout: {tmp_path / 'o'}\ngrid: {{x: [1]}}\n")
+    with pytest.raises(ConfigError, match="no cell tagged 'parameters'"):
+        load_spec(tmp_path / "g.yaml")
+
+
+def test_run_sweep_keywords_arrive_as_strings(tmp_path):
+    spec = load_spec(_grid(tmp_path, [1, 2]))
+    outcome = run_sweep(spec, jobs="2", progress="false")
+    assert (outcome["points"], outcome["ran"], outcome["failed"]) == (2, 2, 0)
+    with pytest.raises(ConfigError, match="progress"):
+        run_sweep(spec, progress="maybe")
+    with pytest.raises(ConfigError, match="jobs"):
+        run_sweep(spec, jobs="two")
