@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from cxr_utils import cli, data, phantom
+from cxr_utils.images import from_uint8, to_uint8
 from cxr_utils.errors import DataError
 from cxr_utils.paths import project_path, repo_root
 
@@ -92,7 +93,7 @@ def _load(source, tmp_path: Path, **kw) -> data.CXRDataset:
 
 
 def _u8(ds: data.CXRDataset, i: int = 0) -> np.ndarray:
-    return data.to_uint8(ds.images[i, 0]).numpy().astype(int)
+    return to_uint8(ds.images[i, 0]).numpy().astype(int)
 
 
 def _one_line_error(excinfo) -> str:
@@ -324,7 +325,7 @@ def _write_medmnist(root: Path, size: int, n: dict[str, int]) -> dict[str, np.nd
 
 
 def test_medmnist_npz_all_splits_and_selector(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MEDMNIST_ROOT", str(tmp_path / "medmnist"))
+    monkeypatch.setattr(data.medmnist, "MEDMNIST_ROOT", str(tmp_path / "medmnist"))
     arrays = _write_medmnist(tmp_path / "medmnist", 64, {"train": 4, "val": 2, "test": 3})
     ds = _load("medmnist:pneumoniamnist", tmp_path, image_size=64)
     assert ds.class_names == ["normal", "pneumonia"]
@@ -333,7 +334,7 @@ def test_medmnist_npz_all_splits_and_selector(tmp_path, monkeypatch):
     assert ds.ids[:5] == ["medmnist/train/0", "medmnist/train/1", "medmnist/train/2", "medmnist/train/3",
                           "medmnist/val/0"]
     assert ds.splits.count("train") == 4 and ds.splits.count("test") == 3
-    assert (data.to_uint8(ds.images[:4, 0]).numpy() == arrays["train_images"]).all()
+    assert (to_uint8(ds.images[:4, 0]).numpy() == arrays["train_images"]).all()
     assert ds.labels[:4].tolist() == [0, 1, 0, 1]
 
     val = _load("medmnist:pneumoniamnist:val", tmp_path, image_size=64, classes=["pneumonia"])
@@ -343,7 +344,7 @@ def test_medmnist_npz_all_splits_and_selector(tmp_path, monkeypatch):
 def test_medmnist_absent_file_offline_is_a_clear_error(tmp_path, monkeypatch):
     import medmnist.dataset
 
-    monkeypatch.setattr(data, "MEDMNIST_ROOT", str(tmp_path / "medmnist"))
+    monkeypatch.setattr(data.medmnist, "MEDMNIST_ROOT", str(tmp_path / "medmnist"))
 
     def offline(self):
         raise RuntimeError("Automatic download failed!\n  multi-line text")
@@ -360,7 +361,7 @@ def test_phantom_source_matches_generator(tmp_path):
     ds = _load("phantom:6", tmp_path, image_size=64, seed=3)
     ref = phantom.generate(6, size=64, seed=3)
     assert ds.class_names == list(phantom.CLASS_NAMES)
-    assert (data.to_uint8(ds.images[:, 0]).numpy() == ref.images).all()
+    assert (to_uint8(ds.images[:, 0]).numpy() == ref.images).all()
     assert ds.labels.tolist() == ref.labels.tolist()
     assert ds.ids[0] == "phantom/000000" and ds.groups == ds.ids
     assert ds.report.original_sizes == {"64x64": 6} and ds.report.options["seed"] == 3
@@ -387,8 +388,8 @@ def test_channels_range_and_uint8_round_trip(tmp_path):
     assert ds.images.min() >= -1 and ds.images.max() <= 1
     assert ds.images.min() == -1 and ds.images.max() == 1  # random 8-bit images hit 0 and 255
     u8 = torch.arange(256, dtype=torch.uint8)
-    assert torch.equal(data.to_uint8(data.from_uint8(u8)), u8)
-    assert data.from_uint8(u8)[[0, 255]].tolist() == [-1.0, 1.0]
+    assert torch.equal(to_uint8(from_uint8(u8)), u8)
+    assert from_uint8(u8)[[0, 255]].tolist() == [-1.0, 1.0]
     image, label = ds[2]
     assert image.shape == (3, 32, 32) and label.dtype == torch.int64 and int(label) == 1
     for bad in ({"channels": 2}, {"crop": "pad"}):
@@ -431,13 +432,13 @@ def test_dedup_groups_counts_and_first_by_sorted_path(tmp_path):
 
 def _count_decodes(monkeypatch) -> list[str]:
     calls: list[str] = []
-    real = data._decode_file
+    real = data.folder._decode_file
 
     def counting(path, raw):
         calls.append(path.name)
         return real(path, raw)
 
-    monkeypatch.setattr(data, "_decode_file", counting)
+    monkeypatch.setattr(data.folder, "_decode_file", counting)
     return calls
 
 
@@ -449,7 +450,7 @@ def test_cache_hit_does_not_decode(tmp_path, monkeypatch):
     def fail(path, raw):
         raise AssertionError("decoded although cached")
 
-    monkeypatch.setattr(data, "_decode_file", fail)
+    monkeypatch.setattr(data.folder, "_decode_file", fail)
     second = _load(root, tmp_path)
     assert second.report.from_cache
     assert torch.equal(first.images, second.images) and first.ids == second.ids
