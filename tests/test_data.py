@@ -210,17 +210,20 @@ def test_16bit_png_scaled_by_bit_depth_with_float_precision(tmp_path):
 def test_rgb_jpeg_and_rgba_png_become_grayscale(tmp_path):
     colour = np.zeros((32, 32, 3), dtype=np.uint8)
     colour[:, :16] = (200, 40, 10)
-    colour[:, 16:] = (10, 90, 250)
+    colour[:, 16:] = (10, 200, 250)  # a different luma: a constant image would be left out
     luma = lambda rgb: 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]  # noqa: E731
     Image.fromarray(colour).save(tmp_path / "c.jpg", quality=95)
     rgba = np.dstack([colour, np.full((32, 32), 128, np.uint8)])
     _png(tmp_path / "d.png", rgba)
     ds = _load(tmp_path, tmp_path, cache=False)
     assert ds.images.shape == (2, 1, 32, 32)
-    for i in range(2):
-        img = _u8(ds, i)
-        assert abs(img[16, 4] - luma((200, 40, 10))) <= 3 and abs(img[16, 28] - luma((10, 90, 250))) <= 3
+    img = _u8(ds, 0)  # c.jpg
+    assert abs(img[16, 4] - luma((200, 40, 10))) <= 3 and abs(img[16, 28] - luma((10, 200, 250))) <= 3
+    img = _u8(ds, 1)  # d.png: half transparent everywhere, composited on black
+    assert abs(img[16, 4] - luma((200, 40, 10)) * 128 / 255) <= 1
+    assert abs(img[16, 28] - luma((10, 200, 250)) * 128 / 255) <= 1
     assert ds.report.bit_depths == {"8": 2}
+    assert ds.report.notes == {"transparency composited on black": 1}
 
 
 def test_crop_center_versus_none(tmp_path):
@@ -368,7 +371,7 @@ def test_phantom_source_matches_generator(tmp_path):
 
 
 @pytest.mark.parametrize("source, size", [("phantom:4", 32), ("phantom:4", 512), ("medmnist:pneumoniamnist", 100),
-                                          ("FOLDER", 16), ("FOLDER", 2048), ("FOLDER", 64.0)])
+                                          ("FOLDER", 16), ("FOLDER", 2048)])
 def test_unsupported_image_size(tmp_path, source, size):
     root = _class_folder(tmp_path / "f", {"a": 1})
     with pytest.raises(DataError) as excinfo:
@@ -412,16 +415,17 @@ def test_equalize_spreads_the_histogram(tmp_path):
 def test_dedup_groups_counts_and_first_by_sorted_path(tmp_path):
     root = tmp_path / "d"
     for rel in ("b/copy2.png", "a/orig.png", "b/copy1.png"):
-        _png(root / rel, _flat(77))
+        _png(root / rel, _ramp(77))
     _png(root / "a" / "other.png", _ramp(1))
+    _png(root / "b" / "own.png", _ramp(2))
     ds = _load(root, tmp_path)
-    assert ds.ids == ["a/orig.png", "a/other.png"]
+    assert ds.ids == ["a/orig.png", "a/other.png", "b/own.png"]
     assert ds.report.duplicate_groups == [["a/orig.png", "b/copy1.png", "b/copy2.png"]]
-    assert ds.report.duplicates_removed == 2 and ds.report.class_counts == {"a": 2, "b": 0}
-    assert len(set(ds.md5s)) == 2
+    assert ds.report.duplicates_removed == 2 and ds.report.class_counts == {"a": 2, "b": 1}
+    assert len(set(ds.md5s)) == 3
 
     kept = _load(root, tmp_path, dedup=False)
-    assert len(kept) == 4 and kept.report.duplicates_removed == 0
+    assert len(kept) == 5 and kept.report.duplicates_removed == 0
     assert kept.report.duplicate_groups == ds.report.duplicate_groups
     assert "duplicate groups (1, all kept (dedup off))" in kept.report.format()
 

@@ -14,7 +14,7 @@ import torch
 
 from .report import DataReport, _one_line
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: bit_scaling, constant images left out, nested duplicate trees, EXIF, alpha
 
 
 def _cache_key(material: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from ..config import coerce
 from ..errors import DataError
 from ..images import from_uint8
 from ..paths import project_path
@@ -37,35 +38,68 @@ def _build_phantom(n: int, image_size: int, seed: int, progress: bool, report: D
                   [hashlib.md5(im.tobytes()).hexdigest() for im in images], list(ids), [""] * len(ids))
 
 
-def load(source: str = "phantom", image_size: int = 64, channels: int = 1, classes: Sequence[str] | None = None,
-         crop: str = "center", equalize: bool = False, dedup: bool = True, cache: bool = True,
-         cache_dir: str | Path = "data/cache", seed: int = 0, progress: bool = True) -> CXRDataset:
-    """Load ``source`` (see the module docstring) as a preprocessed, de-duplicated, cached dataset.
+BIT_SCALINGS = ("per-image", "dataset", "fixed")
 
-    ``classes`` selects classes and fixes their label order (a list or a comma-separated string).
-    ``seed`` only matters for the phantom. Every problem with the source or the options is a
-    one-line :class:`DataError`; unreadable files are skipped and listed in ``report.skipped``.
+# the type of every keyword of ``load``; values go through ``config.coerce`` like CLI flags and papermill
+# parameters do, so "false" is False and "64" is 64 wherever the value comes from
+LOAD_TYPES: dict[str, Any] = {
+    "source": str, "image_size": int, "channels": int, "classes": list[str] | None, "crop": str,
+    "equalize": bool, "dedup": bool, "cache": bool, "cache_dir": str | Path, "seed": int, "progress": bool,
+    "bit_scaling": str,
+}
+
+
+def load(source: str | os.PathLike = "phantom", image_size: int = 64, channels: int = 1,
+         classes: Sequence[str] | str | None = None, crop: str = "center", equalize: bool = False,
+         dedup: bool = True, cache: bool = True, cache_dir: str | Path = "data/cache", seed: int = 0,
+         progress: bool = True, bit_scaling: str = "per-image") -> CXRDataset:
+    """Load ``source`` (see the package docstring) as a preprocessed, de-duplicated, cached dataset.
+
+    Returns a :class:`CXRDataset` with images ``(N, channels, image_size, image_size)`` float32 in
+    [-1, 1]. ``classes`` selects classes and fixes their label order (a list or a comma-separated
+    string). ``seed`` only matters for the phantom. ``bit_scaling`` says how images of more than
+    8 bits (16-bit PNG/TIFF) become 8-bit: ``"per-image"`` by the bits each image uses,
+    ``"dataset"`` by the most bits any image of the load uses (relative brightness between images is
+    kept), ``"fixed"`` by the bits of the file's container (16-bit: ``v * 255 / 65535``).
+
+    Every keyword passes through :func:`cxr_utils.config.coerce` (strings from papermill or the
+    CLI: ``"false"``/``"no"``/``"0"`` are False, ``"64"`` is 64); a value of the wrong type is a
+    one-line ``ConfigError``. Every problem with the source or an option value is a one-line
+    ``DataError``; unreadable and constant images are left out and listed in ``report.skipped``.
     """
-    source = os.fspath(source) if isinstance(source, os.PathLike) else source
+    given = {"source": os.fspath(source) if isinstance(source, os.PathLike) else source,
+             "image_size": image_size, "channels": channels, "classes": classes, "crop": crop,
+             "equalize": equalize, "dedup": dedup, "cache": cache, "cache_dir": cache_dir, "seed": seed,
+             "progress": progress, "bit_scaling": bit_scaling}
+    v = {name: coerce(name, value, LOAD_TYPES[name]) for name, value in given.items()}
+    source, image_size, channels, crop = v["source"], v["image_size"], v["channels"], v["crop"]
+    equalize, dedup, progress, seed, bit_scaling = v["equalize"], v["dedup"], v["progress"], v["seed"], \
+        v["bit_scaling"]
     kind, arg = parse_source(source)
     _check_size(kind, image_size)
     _check_options(channels, crop)
-    wanted = _class_list(classes)
-    options: dict[str, Any] = {"image_size": image_size, "crop": crop, "equalize": bool(equalize),
-                               "dedup": bool(dedup), "classes": wanted}
+    if bit_scaling not in BIT_SCALINGS:
+        raise DataError(f"bit_scaling must be one of {', '.join(BIT_SCALINGS)}, got {bit_scaling!r}")
+    wanted = _class_list(v["classes"])
+    options: dict[str, Any] = {"image_size": image_size, "crop": crop, "equalize": equalize,
+                               "dedup": dedup, "classes": wanted, "bit_scaling": bit_scaling}
     report = DataReport(source=source)
 
     if kind == "folder":
         root = _folder_root(str(arg))
-        files = _scan_folder(root)
+        scan = _scan_folder(root)
+        report.ignored, report.duplicate_trees = scan.ignored, scan.duplicate_trees
+        files = scan.files
         if not files:
-            raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)}) under {root}")
+            ignored = "; ".join(f"{n} {why}" for why, n in scan.ignored.items())
+            raise DataError(f"no image files ({', '.join(IMAGE_SUFFIXES)} or DICOM by content) under {root}"
+                            + (f"; ignored: {ignored}" if ignored else ""))
         class_names = _pick_classes([f.cls for f in files], wanted)
         files = [f for f in files if f.cls in class_names]
         material = {"kind": kind, "root": str(root), "options": options,
                     "files": [(f.rel, f.size, f.mtime_ns) for f in files]}
         report.options = dict(options, root=str(root))
-        build = partial(_build_folder, root, files, class_names, image_size, crop, progress, report)
+        build = partial(_build_folder, root, files, class_names, image_size, crop, progress, report, bit_scaling)
     elif kind == "medmnist":
         flag, _, split = str(arg).partition(":")
         npz = _ensure_medmnist(flag, image_size)
@@ -83,7 +117,7 @@ def load(source: str = "phantom", image_size: int = 64, channels: int = 1, class
         build = partial(_build_phantom, int(arg), image_size, seed, progress, report)
 
     key = _cache_key(material)
-    cache_path = project_path(cache_dir) / f"{key}.pt" if cache else None
+    cache_path = project_path(v["cache_dir"]) / f"{key}.pt" if v["cache"] else None
     blob = _read_cache(cache_path, key) if cache_path else None
     from_cache = blob is not None
     if blob is None:
@@ -93,15 +127,38 @@ def load(source: str = "phantom", image_size: int = 64, channels: int = 1, class
     return _to_dataset(blob, source, channels, from_cache, cache_path)
 
 
+def _drop_constant(items: _Items, report: DataReport) -> _Items:
+    """Leave out images whose every pixel is equal (a blank export, a failed window): nothing to learn."""
+    flat = items.images.reshape(len(items.images), -1)
+    constant = np.flatnonzero(flat.min(axis=1) == flat.max(axis=1)) if len(flat) else np.array([], int)
+    if not len(constant):
+        return items
+    report.skipped = list(report.skipped) + [
+        (items.ids[i], f"constant image (every pixel is {int(flat[i, 0])}): left out") for i in constant]
+    report.decoded -= len(constant)
+    drop = set(constant.tolist())
+    return items.take([i for i in range(len(items.ids)) if i not in drop])
+
+
 def _build(build: Callable[[], _Items], wanted: list[str] | None, equalize: bool, dedup: bool,
            report: DataReport, key: str) -> dict[str, Any]:
     items = _select_classes(build(), wanted)
     if not report.files_found:  # array sources: every selected item was "found" and "decoded"
         report.files_found = report.decoded = len(items.ids)
+        items = _drop_constant(items, report)  # (folder files are checked right after decoding)
+    if not items.ids:
+        raise DataError(f"every image of {report.source} is constant; nothing to train on "
+                        f"(e.g. {report.skipped[0][0]}: {report.skipped[0][1]})")
     if equalize:
         items.images = _equalize(items.images)
+    before = {c: int((items.labels == i).sum()) for i, c in enumerate(items.class_names)}
     items = _deduplicate(items, dedup, report)
     report.class_counts = {c: int((items.labels == i).sum()) for i, c in enumerate(items.class_names)}
+    emptied = [c for c, n in report.class_counts.items() if n == 0 and before[c] > 0]
+    if emptied:
+        raise DataError(f"class(es) {emptied} are empty after de-duplication: each of their images is an exact "
+                        f"copy of an image in another class (e.g. {' = '.join(report.duplicate_groups[0][:2])}); "
+                        f"fix the folder layout or pass dedup=False")
     meta = {"class_names": items.class_names, "ids": items.ids, "md5s": items.md5s, "groups": items.groups,
             "splits": items.splits, "report": report.to_dict()}
     # the per-item strings travel as one JSON string: unpickling thousands of small objects is slow

@@ -13,14 +13,23 @@ def _center_crop(pixels: np.ndarray) -> np.ndarray:
     return pixels[top:top + side, left:left + side]
 
 
-def _to_square_uint8(pixels: np.ndarray, size: int, crop: str) -> np.ndarray:
-    """Crop, resize in floating point (bilinear, antialiased when shrinking), then round to 8 bits."""
+def _to_square(pixels: np.ndarray, size: int, crop: str) -> np.ndarray:
+    """Crop, then resize in floating point (bilinear, antialiased when shrinking): float32 (size, size)."""
     if crop == "center":
         pixels = _center_crop(pixels)
     if pixels.shape != (size, size):
         img = Image.fromarray(np.ascontiguousarray(pixels, dtype=np.float32))
-        pixels = np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
+        return np.asarray(img.resize((size, size), Image.Resampling.BILINEAR))
+    return np.asarray(pixels, dtype=np.float64)
+
+
+def _round_uint8(pixels: np.ndarray) -> np.ndarray:
     return np.clip(np.rint(pixels), 0, 255).astype(np.uint8)
+
+
+def _to_square_uint8(pixels: np.ndarray, size: int, crop: str) -> np.ndarray:
+    """Crop, resize in floating point (bilinear, antialiased when shrinking), then round to 8 bits."""
+    return _round_uint8(_to_square(pixels, size, crop))
 
 
 def _equalize(images: np.ndarray) -> np.ndarray:

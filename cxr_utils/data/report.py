@@ -40,6 +40,10 @@ class DataReport:
     bit_depths: dict[str, int] = field(default_factory=dict)
     options: dict[str, Any] = field(default_factory=dict)
     from_cache: bool = False
+    ignored: dict[str, int] = field(default_factory=dict)  # files not read, counted by reason
+    duplicate_trees: list[str] = field(default_factory=list)  # "copy = original" folders, left out
+    notes: dict[str, int] = field(default_factory=dict)  # e.g. "EXIF orientation 6 applied": count
+    bit_scaling: str = ""  # how images above 8 bits became 8-bit
 
     @property
     def n_images(self) -> int:
@@ -58,6 +62,10 @@ class DataReport:
             "bit_depths": dict(self.bit_depths),
             "options": dict(self.options),
             "from_cache": self.from_cache,
+            "ignored": dict(self.ignored),
+            "duplicate_trees": list(self.duplicate_trees),
+            "notes": dict(self.notes),
+            "bit_scaling": self.bit_scaling,
             "images": self.n_images,
         }
 
@@ -87,6 +95,17 @@ class DataReport:
             parts += [f"  {path}: {reason}" for path, reason in self.skipped[:max_rows]]
             if len(self.skipped) > max_rows:
                 parts.append(f"  ... and {len(self.skipped) - max_rows} more")
+        if self.duplicate_trees:
+            parts += ["", f"nested duplicate trees left out ({len(self.duplicate_trees)}, copy = original):"]
+            parts += [f"  {t}" for t in self.duplicate_trees]
+        if self.ignored:
+            parts += ["", f"files not read ({sum(self.ignored.values())}), by reason:"]
+            parts += [f"  {n:6d}  {why}" for why, n in self.ignored.items()]
+        if self.notes:
+            parts += ["", "applied while decoding:"]
+            parts += [f"  {n:6d}  {what}" for what, n in sorted(self.notes.items())]
+        if self.bit_scaling:
+            parts += ["", f"bit scaling: {self.bit_scaling}"]
         if self.duplicate_groups:
             action = "first kept" if self.duplicates_removed else "all kept (dedup off)"
             parts += ["", f"duplicate groups ({len(self.duplicate_groups)}, {action}):"]
