@@ -19,6 +19,8 @@ def cli_add_arguments(parser: Any) -> None:
     parser.add_argument("--crop", default="center", choices=("center", "none"),
                         help="center: square centre crop before resizing; none: resize directly")
     parser.add_argument("--equalize", action="store_true", help="histogram-equalise each image")
+    parser.add_argument("--bit-scaling", default="per-image", choices=("per-image", "dataset", "fixed"),
+                        help="how images above 8 bits become 8-bit (default: %(default)s; see docs/data.md)")
     parser.add_argument("--no-dedup", dest="dedup", action="store_false", help="keep exact duplicates")
     parser.add_argument("--no-cache", dest="cache", action="store_false", help="neither read nor write the cache")
     parser.add_argument("--cache-dir", default="data/cache", help="cache folder (default: %(default)s)")
@@ -28,7 +30,8 @@ def cli_run(args: Any) -> int:
     from . import plots
 
     ds = data.load(args.source, image_size=args.image_size, classes=args.classes, crop=args.crop,
-                   equalize=args.equalize, dedup=args.dedup, cache=args.cache, cache_dir=args.cache_dir)
+                   equalize=args.equalize, bit_scaling=args.bit_scaling, dedup=args.dedup, cache=args.cache,
+                   cache_dir=args.cache_dir)
     paths = plots.write_data_report(ds, args.out)
     print(ds.report.format())
     print(f"\nwrote {', '.join(str(p) for p in paths.values())}")

@@ -256,6 +256,8 @@ def test_constant_images_are_left_out_and_reported(tmp_path):
     assert reasons["white.png"].startswith("constant image (every pixel is 255)")
     assert reasons["blank.dcm"].startswith("constant image")
     assert (ds.report.files_found, ds.report.decoded) == (3, 1)
+    kept = _load(root, tmp_path, keep_constant=True)  # e.g. generated samples whose collapse is measured
+    assert kept.ids == ["blank.dcm", "good.png", "white.png"] and (_u8(kept, 2) == 255).all()
 
 
 def test_constant_phantom_free_array_sources_are_checked(tmp_path, monkeypatch):
@@ -348,6 +350,16 @@ def test_16bit_scaling_options_and_cache(tmp_path):
     assert dataset.report.options["bit_scaling"] == "dataset"
     assert "bit scaling: dataset: 2 image(s) above 8 bits divided by 2^12 - 1" in dataset.report.format()
     assert _load(root, tmp_path, bit_scaling="dataset").report.from_cache
+
+
+def test_cli_bit_scaling(tmp_path, capsys):
+    from cxr_utils import cli
+
+    _save(tmp_path / "b" / "x.png", (np.arange(32 * 32).reshape(32, 32) * 2).astype(np.uint16))
+    assert cli.main(["data-report", str(tmp_path / "b"), "--out", str(tmp_path / "r"), "--image-size", "32",
+                     "--bit-scaling", "fixed", "--cache-dir", str(tmp_path / "cache")]) == 0
+    assert "bit scaling: fixed: 1 image(s) above 8 bits divided by 2^(bits of the file type) - 1" in \
+        capsys.readouterr().out
 
 
 def test_old_cache_files_are_not_reused():

@@ -50,5 +50,6 @@ from .medmnist import MEDMNIST_SPLITS
 from .report import DataReport, write_report
 from .source import DEFAULT_PHANTOM_N, SOURCE_FORMS, SUPPORTED_SIZES, parse_source
 
-__all__ = ["BIT_SCALINGS", "LOAD_TYPES", "CXRDataset", "DataReport", "DEFAULT_PHANTOM_N", "FORMAT_VERSION", "IMAGE_SUFFIXES",
-           "MEDMNIST_SPLITS", "SOURCE_FORMS", "SUPPORTED_SIZES", "load", "parse_source", "write_report"]
+__all__ = ["BIT_SCALINGS", "LOAD_TYPES", "CXRDataset", "DataReport", "DEFAULT_PHANTOM_N", "FORMAT_VERSION",
+           "IMAGE_SUFFIXES", "MEDMNIST_SPLITS", "SOURCE_FORMS", "SUPPORTED_SIZES", "load", "parse_source",
+           "write_report"]

@@ -166,7 +166,7 @@ class _FileResult:
     notes: tuple[str, ...] = ()
 
 
-def _process_file(path: Path, image_size: int, crop: str) -> _FileResult:
+def _process_file(path: Path, image_size: int, crop: str, keep_constant: bool = False) -> _FileResult:
     try:
         data = path.read_bytes()
     except OSError as exc:
@@ -176,17 +176,18 @@ def _process_file(path: Path, image_size: int, crop: str) -> _FileResult:
         decoded = _decode_file(path, data)
     except _Undecodable as exc:
         return _FileResult(md5, None, str(exc))
-    if decoded.pixels.size and decoded.pixels.min() == decoded.pixels.max():
+    if not keep_constant and decoded.pixels.size and decoded.pixels.min() == decoded.pixels.max():
         return _FileResult(md5, None, f"constant image (every pixel is {decoded.pixels.flat[0]:g}): left out")
     return _FileResult(md5, _to_square(decoded.pixels, image_size, crop), "", decoded.size, decoded.depth,
                        decoded.bits, decoded.container, decoded.notes)
 
 
 def _build_folder(root: Path, files: list[_File], class_names: list[str], image_size: int, crop: str,
-                  progress: bool, report: DataReport, bit_scaling: str = "per-image") -> _Items:
+                  progress: bool, report: DataReport, bit_scaling: str = "per-image",
+                  keep_constant: bool = False) -> _Items:
     with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(tqdm(pool.map(lambda f: _process_file(Path(f.path), image_size, crop), files),
-                            total=len(files), desc=f"decoding {root.name}", unit="img",
+        work = pool.map(lambda f: _process_file(Path(f.path), image_size, crop, keep_constant), files)
+        results = list(tqdm(work, total=len(files), desc=f"decoding {root.name}", unit="img",
                             disable=not progress))
     ok = [(f, r) for f, r in zip(files, results) if r.image is not None]
     report.files_found = len(files)

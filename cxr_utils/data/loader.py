@@ -45,14 +45,14 @@ BIT_SCALINGS = ("per-image", "dataset", "fixed")
 LOAD_TYPES: dict[str, Any] = {
     "source": str, "image_size": int, "channels": int, "classes": list[str] | None, "crop": str,
     "equalize": bool, "dedup": bool, "cache": bool, "cache_dir": str | Path, "seed": int, "progress": bool,
-    "bit_scaling": str,
+    "bit_scaling": str, "keep_constant": bool,
 }
 
 
 def load(source: str | os.PathLike = "phantom", image_size: int = 64, channels: int = 1,
          classes: Sequence[str] | str | None = None, crop: str = "center", equalize: bool = False,
          dedup: bool = True, cache: bool = True, cache_dir: str | Path = "data/cache", seed: int = 0,
-         progress: bool = True, bit_scaling: str = "per-image") -> CXRDataset:
+         progress: bool = True, bit_scaling: str = "per-image", keep_constant: bool = False) -> CXRDataset:
     """Load ``source`` (see the package docstring) as a preprocessed, de-duplicated, cached dataset.
 
     Returns a :class:`CXRDataset` with images ``(N, channels, image_size, image_size)`` float32 in
@@ -61,6 +61,8 @@ def load(source: str | os.PathLike = "phantom", image_size: int = 64, channels: 
     8 bits (16-bit PNG/TIFF) become 8-bit: ``"per-image"`` by the bits each image uses,
     ``"dataset"`` by the most bits any image of the load uses (relative brightness between images is
     kept), ``"fixed"`` by the bits of the file's container (16-bit: ``v * 255 / 65535``).
+    Constant images (every pixel equal) are left out and reported, so they are never trained on;
+    ``keep_constant=True`` keeps them, for folders of generated samples whose collapse is being measured.
 
     Every keyword passes through :func:`cxr_utils.config.coerce` (strings from papermill or the
     CLI: ``"false"``/``"no"``/``"0"`` are False, ``"64"`` is 64); a value of the wrong type is a
@@ -70,7 +72,7 @@ def load(source: str | os.PathLike = "phantom", image_size: int = 64, channels: 
     given = {"source": os.fspath(source) if isinstance(source, os.PathLike) else source,
              "image_size": image_size, "channels": channels, "classes": classes, "crop": crop,
              "equalize": equalize, "dedup": dedup, "cache": cache, "cache_dir": cache_dir, "seed": seed,
-             "progress": progress, "bit_scaling": bit_scaling}
+             "progress": progress, "bit_scaling": bit_scaling, "keep_constant": keep_constant}
     v = {name: coerce(name, value, LOAD_TYPES[name]) for name, value in given.items()}
     source, image_size, channels, crop = v["source"], v["image_size"], v["channels"], v["crop"]
     equalize, dedup, progress, seed, bit_scaling = v["equalize"], v["dedup"], v["progress"], v["seed"], \
@@ -82,7 +84,8 @@ def load(source: str | os.PathLike = "phantom", image_size: int = 64, channels: 
         raise DataError(f"bit_scaling must be one of {', '.join(BIT_SCALINGS)}, got {bit_scaling!r}")
     wanted = _class_list(v["classes"])
     options: dict[str, Any] = {"image_size": image_size, "crop": crop, "equalize": equalize,
-                               "dedup": dedup, "classes": wanted, "bit_scaling": bit_scaling}
+                               "dedup": dedup, "classes": wanted, "bit_scaling": bit_scaling,
+                               "keep_constant": v["keep_constant"]}
     report = DataReport(source=source)
 
     if kind == "folder":
@@ -99,7 +102,8 @@ def load(source: str | os.PathLike = "phantom", image_size: int = 64, channels: 
         material = {"kind": kind, "root": str(root), "options": options,
                     "files": [(f.rel, f.size, f.mtime_ns) for f in files]}
         report.options = dict(options, root=str(root))
-        build = partial(_build_folder, root, files, class_names, image_size, crop, progress, report, bit_scaling)
+        build = partial(_build_folder, root, files, class_names, image_size, crop, progress, report, bit_scaling,
+                        v["keep_constant"])
     elif kind == "medmnist":
         flag, _, split = str(arg).partition(":")
         npz = _ensure_medmnist(flag, image_size)
@@ -121,7 +125,7 @@ def load(source: str | os.PathLike = "phantom", image_size: int = 64, channels: 
     blob = _read_cache(cache_path, key) if cache_path else None
     from_cache = blob is not None
     if blob is None:
-        blob = _build(build, wanted, equalize, dedup, report, key)
+        blob = _build(build, wanted, equalize, dedup, report, key, v["keep_constant"])
         if cache_path:
             _write_cache(cache_path, blob)
     return _to_dataset(blob, source, channels, from_cache, cache_path)
@@ -141,11 +145,12 @@ def _drop_constant(items: _Items, report: DataReport) -> _Items:
 
 
 def _build(build: Callable[[], _Items], wanted: list[str] | None, equalize: bool, dedup: bool,
-           report: DataReport, key: str) -> dict[str, Any]:
+           report: DataReport, key: str, keep_constant: bool = False) -> dict[str, Any]:
     items = _select_classes(build(), wanted)
     if not report.files_found:  # array sources: every selected item was "found" and "decoded"
         report.files_found = report.decoded = len(items.ids)
-        items = _drop_constant(items, report)  # (folder files are checked right after decoding)
+        if not keep_constant:  # (folder files are checked right after decoding)
+            items = _drop_constant(items, report)
     if not items.ids:
         raise DataError(f"every image of {report.source} is constant; nothing to train on "
                         f"(e.g. {report.skipped[0][0]}: {report.skipped[0][1]})")
