@@ -602,3 +602,19 @@ def test_cli_subprocess_no_traceback(tmp_path):
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_data_package_never_imports_plots(tmp_path):
+    code = ("import sys, cxr_utils.data as d; d.load('phantom:4', cache=False, progress=False); "
+            "print('cxr_utils.plots' in sys.modules, 'matplotlib' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False"]
+
+
+def test_write_report_without_figures_writes_text_and_json(tmp_path):
+    ds = _load(_class_folder(tmp_path / "f", {"a": 2}), tmp_path)
+    paths = data.write_report(ds, tmp_path / "r")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["report.json", "report.txt"]
+    assert json.loads(paths["report.json"].read_text())["class_counts"] == {"a": 2}
