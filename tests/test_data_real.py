@@ -238,6 +238,23 @@ def test_dicom_voi_lut_sequence_wins_over_the_window(tmp_path):
     assert np.abs(got - (4095 - STORED_F) * 255 / 4095).max() <= 0.5 + 1e-6
 
 
+def test_dicom_8bit_voi_lut_with_4096_entries_after_a_rescale(tmp_path):
+    """An 8-bit LUT over 12-bit values: every stored value must index its own entry (no wrap at 256)."""
+    from pydicom.dataset import Dataset
+    from pydicom.sequence import Sequence
+
+    item = Dataset()
+    item.LUTDescriptor = [4096, 0, 8]
+    item.LUTData = [int(v) for v in np.arange(4096)[::-1] // 16]  # inverting, 16 inputs per grey level
+    item["LUTDescriptor"].VR, item["LUTData"].VR = "US", "US"
+    (tmp_path / "v").mkdir()
+    stored = STORED // 2  # 0..2048 before the rescale
+    (tmp_path / "v" / "x.dcm").write_bytes(_dicom(stored, VOILUTSequence=Sequence([item]),
+                                                  RescaleSlope=2, RescaleIntercept=0))
+    got = _u8(_load(tmp_path / "v", tmp_path))
+    assert np.array_equal(got, (4095 - stored.astype(int) * 2) // 16)
+
+
 def test_presentation_lut_shape_inverse(tmp_path):
     (tmp_path / "p").mkdir()
     (tmp_path / "p" / "x.dcm").write_bytes(_dicom(STORED, PresentationLUTShape="INVERSE"))

@@ -205,7 +205,10 @@ def _decode_dicom(data: bytes) -> _Decoded:
                         f"{ds.get('BitsStored', 8)} (RGB)")
     _clean_display_tags(ds)
     values = apply_modality_lut(raw, ds)
-    if ds.get("VOILUTSequence") or ("WindowCenter" in ds and "WindowWidth" in ds):
+    if ds.get("VOILUTSequence"):
+        values, (lo, hi) = _apply_voi_lut_sequence(values, ds)
+        pixels = np.clip((values - lo) * (255.0 / (hi - lo)), 0, 255)
+    elif "WindowCenter" in ds and "WindowWidth" in ds:
         values = apply_voi_lut(values, ds)
         lo, hi = _voi_output_range(ds)
         pixels = np.clip((np.asarray(values, dtype=np.float64) - lo) * (255.0 / (hi - lo)), 0, 255)
@@ -214,6 +217,31 @@ def _decode_dicom(data: bytes) -> _Decoded:
     if ds.get("PhotometricInterpretation") == "MONOCHROME1" or _tag_value(ds, "PresentationLUTShape") == "INVERSE":
         pixels = 255.0 - pixels  # MONOCHROME1: the lowest value is white (PS3.3 C.7.6.3.1.2)
     return _Decoded(pixels, size, str(ds.get("BitsStored", raw.dtype.itemsize * 8)))
+
+
+def _apply_voi_lut_sequence(values: np.ndarray, ds: Any) -> tuple[np.ndarray, tuple[float, float]]:
+    """The first VOI LUT of the sequence applied to the modality values (PS3.3 C.11.2.1.1): values
+    below the first mapped value take entry 0, values past the table the last entry. Returns float64
+    values and the LUT's output range ``(0, 2**bits - 1)``.
+
+    Own code, not ``pydicom.pixels.apply_voi_lut``: pydicom 3 builds its index array in the LUT's
+    output type, so an 8-bit LUT with more than 256 entries (common: 4096 entries for 12-bit
+    detectors) wraps the index modulo 256, and float modality values (after a rescale) are truncated.
+    """
+    item = ds.VOILUTSequence[0]
+    n_entries, first, bits = (int(v) for v in item.LUTDescriptor)
+    n_entries = n_entries or 65536  # PS3.3: 0 means 2**16 entries
+    if first >= 2**15 and ds.get("PixelRepresentation", 0) == 1:  # descriptor read as US but signed
+        first -= 2**16
+    data = item.LUTData
+    if isinstance(data, (bytes, bytearray)):  # OW: 16-bit words in the data set's byte order
+        little = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        order = ">" if little is not None and not little.is_little_endian else "<"
+        lut = np.frombuffer(bytes(data), dtype=f"{order}u2")[:n_entries].astype(np.float64)
+    else:
+        lut = np.asarray(list(data) if hasattr(data, "__len__") else [data], dtype=np.float64)
+    index = np.clip(np.floor(np.asarray(values, dtype=np.float64)) - first, 0, len(lut) - 1).astype(np.int64)
+    return lut[index], (0.0, float(2**bits - 1))
 
 
 def _voi_output_range(ds: Any) -> tuple[float, float]:
