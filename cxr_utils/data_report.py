@@ -12,6 +12,7 @@ from . import data
 
 
 def cli_add_arguments(parser: Any) -> None:
+    """The ``data-report`` flags on an argparse parser (the same options as ``data.load``)."""
     parser.add_argument("source", help=f"data source: {data.SOURCE_FORMS}")
     parser.add_argument("--out", default="results/data-report", help="output folder (default: %(default)s)")
     parser.add_argument("--image-size", type=int, default=64, help="side of the square images (default: 64)")
@@ -27,6 +28,10 @@ def cli_add_arguments(parser: Any) -> None:
 
 
 def cli_run(args: Any) -> int:
+    """Load ``args.source``, write report.json/.txt, montage.png and histograms.png, print the report.
+
+    Returns 0; problems are one-line ``CXRError``s, printed by ``cxr_utils.cli``.
+    """
     from . import plots
 
     ds = data.load(args.source, image_size=args.image_size, classes=args.classes, crop=args.crop,
