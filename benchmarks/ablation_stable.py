@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from cxr_utils import evaluate, phantom, runs, train
-from cxr_utils.data import from_uint8
+from cxr_utils.images import from_uint8
 
 # name -> (preset, overrides). Remove-one from `stable`; the ingredients the short-budget ablation
 # questioned come first. Then add-one to the reference: which single ingredient rescues it.

@@ -16,7 +16,7 @@ from .errors import CXRError
 
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "data-report": ("cxr_utils.data", "load a data source and write its report, montage and histograms"),
+    "data-report": ("cxr_utils.data_report", "load a data source and write its report, montage and histograms"),
     "train": ("cxr_utils.train", "train a GAN into a run folder (resumable)"),
     "generate": ("cxr_utils.runs", "write PNG samples and a grid from a trained run"),
     "evaluate": ("cxr_utils.evaluate", "FID/KID, precision/recall, diversity and memorisation audit"),

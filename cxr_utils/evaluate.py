@@ -278,7 +278,7 @@ def load_fake(fake: str, n: int, seed: int, image_size: int | None, progress: bo
         info = {"kind": "run", "path": str(fake), "sample_seed": seed, "generated_size": int(images.shape[-1])}
     else:
         ds = data.load(str(path), image_size=image_size or 64, channels=1, dedup=False, cache=False,
-                       progress=progress)
+                       progress=progress, keep_constant=True)
         images, cfg = _random_subset(ds.images, n, seed), None
         info = {"kind": "folder", "path": str(fake), "files": len(ds)}
     size = image_size or int(images.shape[-1])

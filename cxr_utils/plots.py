@@ -12,7 +12,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Callable
 
 import matplotlib
 
@@ -26,18 +26,20 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from .images import to_uint8  # noqa: E402
+
 if TYPE_CHECKING:
     from .data import CXRDataset, DataReport
 
 
 def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> uint8 numpy of the same shape."""
+    """(N, C, H, W) in [-1, 1] -> uint8 numpy of the same shape, by :func:`cxr_utils.images.to_uint8`."""
     x = images.detach().float().cpu()
     if x.ndim == 3:
         x = x.unsqueeze(1)
     if x.ndim != 4 or x.shape[1] not in (1, 3):
         raise ValueError(f"expected images N x C x H x W with C in (1, 3), got {tuple(images.shape)}")
-    return ((x.clamp(-1, 1) * 0.5 + 0.5) * 255).round().to(torch.uint8).numpy()
+    return to_uint8(x).numpy()
 
 
 def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
@@ -150,6 +152,23 @@ def intensity_histograms(ds: CXRDataset, path: str | Path | None = None) -> Figu
     ax.set_title(f"{ds.source}: intensity histogram per class")
     ax.legend()
     return finish(fig, path)
+
+
+def data_report_figures() -> dict[str, Callable[[CXRDataset, Path], Figure]]:
+    """The figures of a data report, by file name: ``montage.png`` and ``histograms.png``."""
+    return {"montage.png": lambda ds, path: montage_by_class(ds, path=path),
+            "histograms.png": lambda ds, path: intensity_histograms(ds, path=path)}
+
+
+def write_data_report(ds: CXRDataset, out_dir: str | Path) -> dict[str, Path]:
+    """Write ``report.json``, ``report.txt``, ``montage.png`` and ``histograms.png`` into ``out_dir``.
+
+    The text and JSON come from :func:`cxr_utils.data.write_report`; the figures from this module.
+    Returns ``{file name: path}``; an uncreatable folder is a one-line ``DataError``.
+    """
+    from .data import write_report
+
+    return write_report(ds, out_dir, figures=data_report_figures())
 
 
 def class_balance(ds: CXRDataset, path: str | Path | None = None) -> Figure:

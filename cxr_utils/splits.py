@@ -9,7 +9,7 @@ images that later sit in the classifier's test set.
 from __future__ import annotations
 
 import re
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Iterable, Sequence
 
 import numpy as np
@@ -18,25 +18,41 @@ from .errors import DataError
 
 SPLIT_NAMES = ("train", "val", "test")
 
+# The one patient-id rule of the project (data.load's ``groups`` and the splits both use it).
+# Matching ignores case; the id is returned in the dataset's own spelling (person ids lower case,
+# Kermany normal ids upper case), so "Person1_x" and "person1_y" are one patient.
 # Kermany et al. (2018) pediatric pneumonia: "person123_bacteria_456.jpeg", "person1_virus_6.jpeg"
 _KERMANY_PERSON = re.compile(r"^(person\d+)_", re.IGNORECASE)
-# Kermany normal images: "IM-0001-0001.jpeg", "NORMAL2-IM-1427-0001.jpeg" (a separate numbering)
+# Kermany normal images: "IM-0001-0001.jpeg", "NORMAL2-IM-1427-0001.jpeg" (NORMAL<k>- is a separate numbering)
 _KERMANY_IM = re.compile(r"^((?:NORMAL\d*-)?IM-\d+)-\d+", re.IGNORECASE)
 # NIH ChestX-ray14: "00001308_002.png" is follow-up 2 of patient 00001308
 _NIH = re.compile(r"^(\d{8})_\d{3}$")
+_EXTENSION = re.compile(r"\.[A-Za-z][A-Za-z0-9]{0,4}$")
 
 
 def patient_id_from_name(path: str | Path) -> str:
-    """The patient a file belongs to, from the naming rules of Kermany and NIH ChestX-ray14.
+    """The patient an image file belongs to, from the naming rules of Kermany et al. (2018) and NIH
+    ChestX-ray14 (Wang et al., 2017), matched on the file stem, case-insensitively.
 
-    Unknown names fall back to the file stem, i.e. every image is its own group.
+    ``"chest_xray/train/PNEUMONIA/Person1_virus_6.jpeg"`` -> ``"person1"``,
+    ``"normal2-im-1427-0001.jpeg"`` -> ``"NORMAL2-IM-1427"``, ``"00001308_002.png"`` -> ``"00001308"``.
+    Unknown names fall back to the whole path as given (``"Cancer/a.png"``, the item id of
+    ``data.load``), so every such image is its own group and equal file names in two folders stay apart.
     """
-    stem = Path(str(path)).stem
-    for pattern in (_KERMANY_PERSON, _KERMANY_IM, _NIH):
-        m = pattern.match(stem)
-        if m:
-            return m.group(1)
-    return stem
+    full = str(PurePosixPath(str(path).replace("\\", "/")))
+    # only a real extension (a letter first) is dropped: DICOM exports named by UID ("1.2.840.5.17")
+    # have dots but no extension
+    stem = _EXTENSION.sub("", full.rsplit("/", 1)[-1])
+    m = _KERMANY_PERSON.match(stem)
+    if m:
+        return m.group(1).lower()
+    m = _KERMANY_IM.match(stem)
+    if m:
+        return m.group(1).upper()
+    m = _NIH.match(stem)
+    if m:
+        return m.group(1)
+    return full
 
 
 def _group_codes(groups: Sequence | np.ndarray | None, n: int) -> np.ndarray:

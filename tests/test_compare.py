@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cxr_utils import compare, phantom
-from cxr_utils.data import from_uint8
+from cxr_utils.images import from_uint8
 from cxr_utils.errors import ConfigError
 
 TINY = {"base": 8, "sg2_arch": "tiny", "latent_dim": 16, "n_fixed": 4, "precision": "fp32"}

@@ -18,6 +18,7 @@ import torch
 from PIL import Image
 
 from cxr_utils import cli, data, phantom
+from cxr_utils.images import from_uint8, to_uint8
 from cxr_utils.errors import DataError
 from cxr_utils.paths import project_path, repo_root
 
@@ -92,7 +93,7 @@ def _load(source, tmp_path: Path, **kw) -> data.CXRDataset:
 
 
 def _u8(ds: data.CXRDataset, i: int = 0) -> np.ndarray:
-    return data.to_uint8(ds.images[i, 0]).numpy().astype(int)
+    return to_uint8(ds.images[i, 0]).numpy().astype(int)
 
 
 def _one_line_error(excinfo) -> str:
@@ -209,17 +210,20 @@ def test_16bit_png_scaled_by_bit_depth_with_float_precision(tmp_path):
 def test_rgb_jpeg_and_rgba_png_become_grayscale(tmp_path):
     colour = np.zeros((32, 32, 3), dtype=np.uint8)
     colour[:, :16] = (200, 40, 10)
-    colour[:, 16:] = (10, 90, 250)
+    colour[:, 16:] = (10, 200, 250)  # a different luma: a constant image would be left out
     luma = lambda rgb: 0.299 * rgb[0] + 0.587 * rgb[1] + 0.114 * rgb[2]  # noqa: E731
     Image.fromarray(colour).save(tmp_path / "c.jpg", quality=95)
     rgba = np.dstack([colour, np.full((32, 32), 128, np.uint8)])
     _png(tmp_path / "d.png", rgba)
     ds = _load(tmp_path, tmp_path, cache=False)
     assert ds.images.shape == (2, 1, 32, 32)
-    for i in range(2):
-        img = _u8(ds, i)
-        assert abs(img[16, 4] - luma((200, 40, 10))) <= 3 and abs(img[16, 28] - luma((10, 90, 250))) <= 3
+    img = _u8(ds, 0)  # c.jpg
+    assert abs(img[16, 4] - luma((200, 40, 10))) <= 3 and abs(img[16, 28] - luma((10, 200, 250))) <= 3
+    img = _u8(ds, 1)  # d.png: half transparent everywhere, composited on black
+    assert abs(img[16, 4] - luma((200, 40, 10)) * 128 / 255) <= 1
+    assert abs(img[16, 28] - luma((10, 200, 250)) * 128 / 255) <= 1
     assert ds.report.bit_depths == {"8": 2}
+    assert ds.report.notes == {"transparency composited on black": 1}
 
 
 def test_crop_center_versus_none(tmp_path):
@@ -324,7 +328,7 @@ def _write_medmnist(root: Path, size: int, n: dict[str, int]) -> dict[str, np.nd
 
 
 def test_medmnist_npz_all_splits_and_selector(tmp_path, monkeypatch):
-    monkeypatch.setattr(data, "MEDMNIST_ROOT", str(tmp_path / "medmnist"))
+    monkeypatch.setattr(data.medmnist, "MEDMNIST_ROOT", str(tmp_path / "medmnist"))
     arrays = _write_medmnist(tmp_path / "medmnist", 64, {"train": 4, "val": 2, "test": 3})
     ds = _load("medmnist:pneumoniamnist", tmp_path, image_size=64)
     assert ds.class_names == ["normal", "pneumonia"]
@@ -333,7 +337,7 @@ def test_medmnist_npz_all_splits_and_selector(tmp_path, monkeypatch):
     assert ds.ids[:5] == ["medmnist/train/0", "medmnist/train/1", "medmnist/train/2", "medmnist/train/3",
                           "medmnist/val/0"]
     assert ds.splits.count("train") == 4 and ds.splits.count("test") == 3
-    assert (data.to_uint8(ds.images[:4, 0]).numpy() == arrays["train_images"]).all()
+    assert (to_uint8(ds.images[:4, 0]).numpy() == arrays["train_images"]).all()
     assert ds.labels[:4].tolist() == [0, 1, 0, 1]
 
     val = _load("medmnist:pneumoniamnist:val", tmp_path, image_size=64, classes=["pneumonia"])
@@ -343,7 +347,7 @@ def test_medmnist_npz_all_splits_and_selector(tmp_path, monkeypatch):
 def test_medmnist_absent_file_offline_is_a_clear_error(tmp_path, monkeypatch):
     import medmnist.dataset
 
-    monkeypatch.setattr(data, "MEDMNIST_ROOT", str(tmp_path / "medmnist"))
+    monkeypatch.setattr(data.medmnist, "MEDMNIST_ROOT", str(tmp_path / "medmnist"))
 
     def offline(self):
         raise RuntimeError("Automatic download failed!\n  multi-line text")
@@ -360,14 +364,14 @@ def test_phantom_source_matches_generator(tmp_path):
     ds = _load("phantom:6", tmp_path, image_size=64, seed=3)
     ref = phantom.generate(6, size=64, seed=3)
     assert ds.class_names == list(phantom.CLASS_NAMES)
-    assert (data.to_uint8(ds.images[:, 0]).numpy() == ref.images).all()
+    assert (to_uint8(ds.images[:, 0]).numpy() == ref.images).all()
     assert ds.labels.tolist() == ref.labels.tolist()
     assert ds.ids[0] == "phantom/000000" and ds.groups == ds.ids
     assert ds.report.original_sizes == {"64x64": 6} and ds.report.options["seed"] == 3
 
 
 @pytest.mark.parametrize("source, size", [("phantom:4", 32), ("phantom:4", 512), ("medmnist:pneumoniamnist", 100),
-                                          ("FOLDER", 16), ("FOLDER", 2048), ("FOLDER", 64.0)])
+                                          ("FOLDER", 16), ("FOLDER", 2048)])
 def test_unsupported_image_size(tmp_path, source, size):
     root = _class_folder(tmp_path / "f", {"a": 1})
     with pytest.raises(DataError) as excinfo:
@@ -387,8 +391,8 @@ def test_channels_range_and_uint8_round_trip(tmp_path):
     assert ds.images.min() >= -1 and ds.images.max() <= 1
     assert ds.images.min() == -1 and ds.images.max() == 1  # random 8-bit images hit 0 and 255
     u8 = torch.arange(256, dtype=torch.uint8)
-    assert torch.equal(data.to_uint8(data.from_uint8(u8)), u8)
-    assert data.from_uint8(u8)[[0, 255]].tolist() == [-1.0, 1.0]
+    assert torch.equal(to_uint8(from_uint8(u8)), u8)
+    assert from_uint8(u8)[[0, 255]].tolist() == [-1.0, 1.0]
     image, label = ds[2]
     assert image.shape == (3, 32, 32) and label.dtype == torch.int64 and int(label) == 1
     for bad in ({"channels": 2}, {"crop": "pad"}):
@@ -411,16 +415,17 @@ def test_equalize_spreads_the_histogram(tmp_path):
 def test_dedup_groups_counts_and_first_by_sorted_path(tmp_path):
     root = tmp_path / "d"
     for rel in ("b/copy2.png", "a/orig.png", "b/copy1.png"):
-        _png(root / rel, _flat(77))
+        _png(root / rel, _ramp(77))
     _png(root / "a" / "other.png", _ramp(1))
+    _png(root / "b" / "own.png", _ramp(2))
     ds = _load(root, tmp_path)
-    assert ds.ids == ["a/orig.png", "a/other.png"]
+    assert ds.ids == ["a/orig.png", "a/other.png", "b/own.png"]
     assert ds.report.duplicate_groups == [["a/orig.png", "b/copy1.png", "b/copy2.png"]]
-    assert ds.report.duplicates_removed == 2 and ds.report.class_counts == {"a": 2, "b": 0}
-    assert len(set(ds.md5s)) == 2
+    assert ds.report.duplicates_removed == 2 and ds.report.class_counts == {"a": 2, "b": 1}
+    assert len(set(ds.md5s)) == 3
 
     kept = _load(root, tmp_path, dedup=False)
-    assert len(kept) == 4 and kept.report.duplicates_removed == 0
+    assert len(kept) == 5 and kept.report.duplicates_removed == 0
     assert kept.report.duplicate_groups == ds.report.duplicate_groups
     assert "duplicate groups (1, all kept (dedup off))" in kept.report.format()
 
@@ -431,13 +436,13 @@ def test_dedup_groups_counts_and_first_by_sorted_path(tmp_path):
 
 def _count_decodes(monkeypatch) -> list[str]:
     calls: list[str] = []
-    real = data._decode_file
+    real = data.folder._decode_file
 
     def counting(path, raw):
         calls.append(path.name)
         return real(path, raw)
 
-    monkeypatch.setattr(data, "_decode_file", counting)
+    monkeypatch.setattr(data.folder, "_decode_file", counting)
     return calls
 
 
@@ -449,7 +454,7 @@ def test_cache_hit_does_not_decode(tmp_path, monkeypatch):
     def fail(path, raw):
         raise AssertionError("decoded although cached")
 
-    monkeypatch.setattr(data, "_decode_file", fail)
+    monkeypatch.setattr(data.folder, "_decode_file", fail)
     second = _load(root, tmp_path)
     assert second.report.from_cache
     assert torch.equal(first.images, second.images) and first.ids == second.ids
@@ -597,3 +602,19 @@ def test_cli_subprocess_no_traceback(tmp_path):
                            "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_data_package_never_imports_plots(tmp_path):
+    code = ("import sys, cxr_utils.data as d; d.load('phantom:4', cache=False, progress=False); "
+            "print('cxr_utils.plots' in sys.modules, 'matplotlib' in sys.modules)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.split() == ["False", "False"]
+
+
+def test_write_report_without_figures_writes_text_and_json(tmp_path):
+    ds = _load(_class_folder(tmp_path / "f", {"a": 2}), tmp_path)
+    paths = data.write_report(ds, tmp_path / "r")
+    assert sorted(p.name for p in (tmp_path / "r").iterdir()) == ["report.json", "report.txt"]
+    assert json.loads(paths["report.json"].read_text())["class_counts"] == {"a": 2}

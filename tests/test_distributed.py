@@ -18,7 +18,7 @@ from helpers import assert_identical
 
 from cxr_utils import distributed, phantom
 from cxr_utils.ada import AdaptiveAugment
-from cxr_utils.data import from_uint8
+from cxr_utils.images import from_uint8
 from cxr_utils.errors import ConfigError
 from cxr_utils.losses import GANSteps
 from cxr_utils.train import _check_world, make_config, train

@@ -9,7 +9,8 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from cxr_utils import plots
-from cxr_utils.data import CXRDataset, DataReport, from_uint8
+from cxr_utils.data import CXRDataset, DataReport
+from cxr_utils.images import from_uint8
 
 
 def _dataset(labels: list[int], class_names: list[str], size: int = 8, channels: int = 1) -> CXRDataset:

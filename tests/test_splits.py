@@ -13,7 +13,15 @@ from cxr_utils.splits import assert_no_leak, make_splits, patient_id_from_name, 
     ("IM-0001-0001.jpeg", "IM-0001"),
     ("NORMAL2-IM-1427-0001.jpeg", "NORMAL2-IM-1427"),
     ("images/00001308_002.png", "00001308"),
-    ("scan_17.png", "scan_17"),  # unknown scheme: the image is its own group
+    ("scan_17.png", "scan_17.png"),  # unknown scheme: the image (its whole path) is its own group
+    ("Person7_bacteria_2.jpeg", "person7"),  # case is ignored, the id is spelled the dataset's way
+    ("normal2-im-0771-0001.JPEG", "NORMAL2-IM-0771"),
+    ("NORMAL3-IM-0001-0001.jpeg", "NORMAL3-IM-0001"),
+    ("test/NORMAL/IM-0115-0001-0002.jpeg", "IM-0115"),
+    ("Cancer/a.png", "Cancer/a.png"),  # equal file names in two folders stay two groups
+    ("Healthy/a.png", "Healthy/a.png"),
+    ("1.2.840.113619.2.55.3.1234.5678", "1.2.840.113619.2.55.3.1234.5678"),  # a UID has no extension
+    ("1.2.840.113619.2.55.3.1234.5679", "1.2.840.113619.2.55.3.1234.5679"),
 ])
 def test_patient_id_from_name(name, patient):
     assert patient_id_from_name(name) == patient

@@ -427,7 +427,7 @@ def _loop_cfg(**overrides):
 @pytest.fixture(scope="module")
 def loop_images():
     from cxr_utils import phantom
-    from cxr_utils.data import from_uint8
+    from cxr_utils.images import from_uint8
 
     ph = phantom.generate(32, 64, seed=0)
     return F.avg_pool2d(from_uint8(torch.from_numpy(ph.images))[:, None], 2).repeat(1, 3, 1, 1)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from cxr_utils import cli, device, phantom
-from cxr_utils.data import from_uint8
+from cxr_utils.images import from_uint8
 from cxr_utils.errors import ConfigError, RunError
 from helpers import assert_identical
 
