@@ -261,3 +261,35 @@ def test_builders_read_config_fields():
 def test_bad_input_is_a_config_error(make, message):
     with pytest.raises(ConfigError, match=message):
         make()
+
+
+def test_a_timm_classification_model_gives_the_same_features():
+    torch.manual_seed(0)
+    cls = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    feats = lite0()
+    missing, unexpected = feats.load_state_dict(cls.state_dict(), strict=False)
+    assert missing == [] and {k.split(".")[0] for k in unexpected} == {"conv_head", "bn2", "classifier"}
+    Dc = ProjectedDiscriminator(cls, image_size=64, channels=1, feature_size=64).eval()
+    Df = ProjectedDiscriminator(feats, image_size=64, channels=1, feature_size=64).eval()
+    assert Dc.feature_channels == Df.feature_channels == [24, 40, 112, 320]
+    assert Dc.feature_resolutions == [16, 8, 4, 2]
+    x = torch.rand(2, 1, 64, 64) * 2 - 1
+    assert all(torch.equal(a, b) for a, b in zip(Dc.project(x), Df.project(x)))
+
+
+def test_default_feature_network_comes_from_the_pretrained_module(monkeypatch):
+    import sys
+    from types import ModuleType
+
+    import cxr_utils
+
+    fake = ModuleType("cxr_utils.pretrained")
+    monkeypatch.setitem(sys.modules, "cxr_utils.pretrained", fake)
+    monkeypatch.setattr(cxr_utils, "pretrained", fake, raising=False)
+    cfg = SimpleNamespace(d_arch="projected", image_size=64, channels=1, feature_size=64)
+    with pytest.raises(ConfigError, match="neither efficientnet_lite0_features nor efficientnet_lite0"):
+        build_discriminator(cfg)
+    fake.efficientnet_lite0 = lambda: timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    assert n_params(build_discriminator(cfg)) == 275_268
+    fake.efficientnet_lite0_features = lite0  # preferred when both exist
+    assert isinstance(build_discriminator(cfg).features, type(lite0()))

@@ -36,8 +36,9 @@ Design choices
   weights are in the state dict (checkpoints restore the exact projection). CCM/CSM weights are drawn
   N(0, 1/fan_in) from a private generator seeded by ``projection_seed``: the same seed gives the same
   projection whatever the global RNG state (the trainable heads draw from the global RNG as usual).
-* Feature network contract: a module mapping (N, 3, S, S) to a list of feature maps, deepest last;
-  the last four are used (for timm ``tf_efficientnet_lite0`` with ``features_only=True`` these are
+* Feature network contract: a module mapping (N, 3, S, S) to a list of feature maps, deepest last,
+  or a timm model with ``forward_intermediates`` (a classification model; its intermediates are
+  used and the head is skipped); the last four maps are used (for timm ``tf_efficientnet_lite0`` with ``features_only=True`` these are
   strides 4, 8, 16, 32 with 24, 40, 112, 320 channels). Images in [-1, 1] are resized (bilinear,
   antialiased when shrinking) to ``feature_size``, gray is replicated to 3 channels, then normalised
   with the network's ``pretrained_cfg`` mean/std (timm's TF-ported Lite0 uses 0.5/0.5, i.e. [-1, 1]
@@ -422,7 +423,10 @@ class ProjectedDiscriminator(nn.Module):
         self.feature_channels, self.feature_resolutions = in_ch, res
 
     def _backbone(self, x: Tensor) -> list[Tensor]:
-        feats = self.features(x)
+        if hasattr(self.features, "forward_intermediates"):  # a timm classification model
+            feats = self.features.forward_intermediates(x, intermediates_only=True)
+        else:
+            feats = self.features(x)
         if not isinstance(feats, (list, tuple)) or len(feats) < 4:
             raise ConfigError("feature network must return a list of at least 4 feature maps "
                               "(e.g. timm features_only=True)")
@@ -483,18 +487,22 @@ def trainable_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
 
 
 def default_feature_network() -> nn.Module:
-    """ImageNet EfficientNet-Lite0 feature pyramid from ``cxr_utils.pretrained``.
+    """ImageNet EfficientNet-Lite0 from ``cxr_utils.pretrained``: ``efficientnet_lite0_features()`` if
+    defined, else ``efficientnet_lite0()`` (a timm model; its intermediates are used).
 
     Raises:
         ConfigError: that loader is not available.
     """
     try:
         from .. import pretrained  # type: ignore[attr-defined]
-        loader = pretrained.efficientnet_lite0_features
-    except (ImportError, AttributeError) as err:
-        raise ConfigError("projected discriminator needs cxr_utils.pretrained.efficientnet_lite0_features "
-                          "(ImageNet EfficientNet-Lite0) or a feature network passed in") from err
-    return loader()
+    except ImportError as err:
+        raise ConfigError("projected discriminator needs cxr_utils.pretrained (ImageNet EfficientNet-Lite0) "
+                          "or a feature network passed in") from err
+    for name in ("efficientnet_lite0_features", "efficientnet_lite0"):
+        loader = getattr(pretrained, name, None)
+        if loader is not None:
+            return loader()
+    raise ConfigError("cxr_utils.pretrained has neither efficientnet_lite0_features nor efficientnet_lite0")
 
 
 def build_generator(cfg: Any) -> Generator:
