@@ -119,6 +119,21 @@ def test_sle_gates_in_unit_interval_and_modulate():
     assert seen == {"32": ((2, 256, 4, 4), (2, 32, 32, 32)), "64": ((2, 128, 8, 8), (2, 16, 64, 64))}
 
 
+def expected_scratch_d_params(c: int, size: int) -> int:
+    """By formula from the width table; spectral norm adds buffers (u, v), no parameters."""
+    w = {128: 12, 64: 24, 32: 48, 16: 96, 8: 192, 4: 192}
+    conv = lambda cin, cout, k, bias=True: cin * cout * k * k + (cout if bias else 0)  # noqa: E731
+    total = conv(c, w[size], 3)
+    r = size
+    while r > 4:
+        cin, cout = w[r], w[r // 2]
+        total += conv(cin, cout, 4) + conv(cout, cout, 3) + conv(cin, cout, 1)
+        r //= 2
+    total += 2 * (conv(192, 96, 3) + conv(96, 1, 1))  # heads on 8x8 and 4x4
+    total += conv(192, 96, 3, False) + 2 * 96 + conv(48, 48, 3, False) + 2 * 48 + conv(24, c, 3)  # decoder
+    return total
+
+
 @pytest.mark.parametrize("size", [64, 128])
 def test_scratch_discriminator_heads_and_reconstruction(size):
     torch.manual_seed(0)
@@ -126,6 +141,8 @@ def test_scratch_discriminator_heads_and_reconstruction(size):
     x = torch.rand(3, 1, size, size) * 2 - 1
     logits = D(x)
     assert [t.shape for t in logits] == [(3, 1, 8, 8), (3, 1, 4, 4)]
+    assert n_params(D) == expected_scratch_d_params(1, size)
+    assert n_params(ScratchDiscriminator(size, 3)) == expected_scratch_d_params(3, size)
     D.eval()  # spectral norm's power iteration is frozen in eval mode
     logits2, recon = D.forward_with_reconstruction(x)
     assert all(torch.equal(a, b) for a, b in zip(D(x), logits2))
@@ -138,10 +155,10 @@ def test_scratch_discriminator_heads_and_reconstruction(size):
 
 
 @pytest.mark.parametrize("arch, feature_size, expected", [
-    ("scratch", 64, 4_134_435),
+    ("scratch", 64, 2_326_299),
     ("projected", 64, 275_268),
     ("projected", 128, 406_468),
-    ("hybrid", 64, 4_134_435 + 275_268),
+    ("hybrid", 64, 2_326_299 + 275_268),
 ])
 def test_discriminator_parameter_counts(arch, feature_size, expected):
     cfg = SimpleNamespace(d_arch=arch, image_size=64, channels=1, feature_size=feature_size)

@@ -72,8 +72,8 @@ D_ARCHS = ("scratch", "projected", "hybrid")
 
 #: Generator channels per resolution at ``width=1`` (FastGAN-lite: 2.0 M parameters at 64 px).
 G_WIDTHS = {4: 256, 8: 128, 16: 64, 32: 32, 64: 16, 128: 16, 256: 8}
-#: Scratch-discriminator channels per resolution at ``width=1``.
-D_WIDTHS = {256: 16, 128: 16, 64: 32, 32: 64, 16: 128, 8: 256, 4: 256}
+#: Scratch-discriminator channels per resolution at ``width=1`` (at 64 px about the generator's FLOPs).
+D_WIDTHS = {256: 12, 128: 12, 64: 24, 32: 48, 16: 96, 8: 192, 4: 192}
 #: Skip-layer excitation pairs (low resolution -> high resolution), as in the paper.
 SLE_PAIRS = ((4, 32), (8, 64), (16, 128), (32, 256))
 #: Output widths of the random cross-channel mixing per scale (Projected GAN's 64 * 2**i).
