@@ -114,7 +114,8 @@ def test_sle_gates_in_unit_interval_and_modulate():
     # In G the 4x4 and 8x8 maps gate the 32x32 and 64x64 maps.
     seen = {}
     for name, mod in G.sles.items():
-        mod.register_forward_hook(lambda m, inp, out, name=name: seen.update({name: (inp[0].shape, inp[1].shape)}))
+        mod.register_forward_hook(
+            lambda m, inp, out, name=name: seen.update({name: (inp[0].shape, inp[1].shape)}))
     G(torch.randn(2, 16))
     assert seen == {"32": ((2, 256, 4, 4), (2, 32, 32, 32)), "64": ((2, 128, 8, 8), (2, 16, 64, 64))}
 
@@ -212,6 +213,7 @@ def test_hybrid_keeps_frozen_parts_in_eval_and_concatenates_heads():
                                          (2, 1, 4, 4), (2, 1, 2, 2)]
     logits2, recon = D.forward_with_reconstruction(x)
     assert len(logits2) == 6 and recon.shape == (2, 3, 32, 32)
+    assert torch.allclose(D.reconstruction_target(x), torch.nn.functional.avg_pool2d(x, 2), atol=1e-6)
     assert_same(before, frozen_state(D.projected))
 
 
@@ -269,6 +271,7 @@ def test_builders_read_config_fields():
     (lambda: Generator(image_size=32), "image_size"),
     (lambda: Generator(channels=2), "channels"),
     (lambda: Generator(width=0), "fastgan_width"),
+    (lambda: Generator(widths={64: 0}), "widths"),
     (lambda: build_discriminator(SimpleNamespace(d_arch="stylegan")), "d_arch"),
     (lambda: ProjectedDiscriminator(nn.Conv2d(3, 8, 3), feature_size=64), "at least 4 feature maps"),
     (lambda: ProjectedDiscriminator(lite0(), feature_size=16), "feature_size"),

@@ -38,8 +38,8 @@ Design choices
   projection whatever the global RNG state (the trainable heads draw from the global RNG as usual).
 * Feature network contract: a module mapping (N, 3, S, S) to a list of feature maps, deepest last,
   or a timm model with ``forward_intermediates`` (a classification model; its intermediates are
-  used and the head is skipped); the last four maps are used (for timm ``tf_efficientnet_lite0`` with ``features_only=True`` these are
-  strides 4, 8, 16, 32 with 24, 40, 112, 320 channels). Images in [-1, 1] are resized (bilinear,
+  used and the head is skipped); the last four maps are used (for timm ``tf_efficientnet_lite0``
+  these are strides 4, 8, 16, 32 with 24, 40, 112, 320 channels). Images in [-1, 1] are resized (bilinear,
   antialiased when shrinking) to ``feature_size``, gray is replicated to 3 channels, then normalised
   with the network's ``pretrained_cfg`` mean/std (timm's TF-ported Lite0 uses 0.5/0.5, i.e. [-1, 1]
   passes through unchanged) unless ``mean``/``std`` are given.
@@ -182,6 +182,8 @@ class Generator(nn.Module):
         self.z_dim = self.latent_dim = z_dim
         self.image_size, self.channels = image_size, channels
         ch = {**_scaled(G_WIDTHS, width), **(widths or {})}
+        if any(not isinstance(c, int) or c < 1 for c in ch.values()):
+            raise ConfigError(f"generator widths must be positive integers, got {widths}")
         self.widths = {r: ch[r] for r in ch if r <= image_size}
         self.init = nn.ConvTranspose2d(z_dim, 2 * ch[4], 4, 1, 0, bias=False)
         self.init_bn = nn.BatchNorm2d(2 * ch[4])
@@ -311,7 +313,8 @@ def _freeze_to_buffers(module: nn.Module) -> nn.Module:
     """
     for sub in module.modules():
         if hasattr(sub, "parametrizations"):
-            raise ConfigError(f"feature network module {type(sub).__name__} is parametrized; pass a plain network")
+            raise ConfigError(f"feature network module {type(sub).__name__} is parametrized; "
+                              "pass a plain network")
         for name, p in list(sub._parameters.items()):
             if p is None:
                 continue
