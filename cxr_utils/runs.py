@@ -149,12 +149,8 @@ def open_run_dir(run_dir: Path, cfg: Any, resume: bool, overwrite: bool) -> None
     if options.exists() and resume:
         if not (run_dir / STATE).exists():
             raise RunError(f"cannot resume {run_dir}: it has no {STATE}")
-        saved = C.to_dict(train_config.load(options))
-        given = C.to_dict(cfg)
-        changed = [f"{k}: {saved[k]!r} -> {given[k]!r}" for k in given
-                   if k not in train_config.RESUMABLE_CHANGES and given[k] != saved[k]]
-        if changed:
-            raise ConfigError(f"resume would change training: {'; '.join(changed)}")
+        C.check_same_settings(C.to_dict(train_config.load(options)), C.to_dict(cfg), train_config.RESUMABLE_CHANGES,
+                              "a run", run_dir, advice="resume with the saved settings or train into another folder")
         for torn in run_dir.glob(".*.tmp"):  # left by a kill during atomic_save; never the checkpoint
             torn.unlink()
     elif options.exists() and overwrite:
