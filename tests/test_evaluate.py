@@ -38,7 +38,7 @@ def test_fresh_samples_pass_and_every_value_is_labelled(real, tmp_path):
     fake = _phantom(100, seed=1).expand(-1, 3, -1, -1)  # 3 = replicated gray is accepted
     out = tmp_path / "eval"
     d = evaluate(train, holdout, fake, extractors="offline,xrv", seed=5, out_dir=out, progress=False,
-                 c2st_max_seeds=2, c2st_steps=30)
+                 c2st=True, c2st_max_seeds=2, c2st_steps=30)
 
     assert d["counts"] == {"real_train": 120, "real_holdout": 40, "fake": 100} and d["seed"] == 5
     for key in ("fid", "kid", "precision_recall", "density_coverage"):

