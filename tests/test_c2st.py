@@ -1,0 +1,81 @@
+"""Classifier two-sample test: calibration on equal distributions, power on blurred images, the maths."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.stats
+import torch
+import torch.nn.functional as F
+
+from cxr_utils import c2st as C
+from cxr_utils import phantom
+from cxr_utils.errors import DataError
+from cxr_utils.metrics import single_threaded
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    with single_threaded():
+        yield
+
+
+def _phantom(n: int, seed: int) -> torch.Tensor:
+    """Phantom images shrunk to 32 px: the tests train many small classifiers."""
+    x = torch.from_numpy(phantom.generate(n, 64, seed).images).float().div(127.5).sub(1)[:, None]
+    return F.interpolate(x, size=(32, 32), mode="area")
+
+
+def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
+    r = math.ceil(3 * sigma)
+    t = torch.arange(-r, r + 1, dtype=torch.float32)
+    g = torch.exp(-t * t / (2 * sigma * sigma))
+    k = g[:, None] * g[None, :] / g.sum() ** 2
+    return F.conv2d(F.pad(x, (r, r, r, r), mode="reflect"), k[None, None])
+
+
+@pytest.fixture(scope="module")
+def sets():
+    return _phantom(200, seed=0), _phantom(200, seed=1)
+
+
+def test_two_samples_of_one_distribution_give_auc_near_one_half(sets):
+    a, b = sets
+    r = C.c2st(a, b, min_seeds=4, max_seeds=8, steps=60)
+    lo, hi = r["auc_ci95"]
+    assert lo <= 0.5 <= hi and abs(r["auc"] - 0.5) < 0.1
+    assert r["n_seeds"] == len(r["per_seed_auc"]) and 4 <= r["n_seeds"] <= 8
+    assert r["auc_median"] == pytest.approx(float(np.median(r["per_seed_auc"])))
+    assert r["n_per_set"] == 200 and r["n_test"] == 2 * 60
+
+
+def test_auc_ranks_real_below_slightly_below_heavily_blurred(sets):
+    a, b = sets
+    auc = {name: C.c2st(a, y, min_seeds=3, max_seeds=3, steps=60)["auc"]
+           for name, y in (("real", b), ("slight", _blur(b, 0.6)), ("heavy", _blur(b, 1.5)))}
+    assert auc["heavy"] > 0.9, auc
+    assert auc["real"] < auc["slight"] < auc["heavy"], auc
+
+
+def test_seeds_stop_once_the_interval_is_narrow_enough(sets):
+    a, b = sets
+    r = C.c2st(a, _blur(b, 1.5), min_seeds=3, max_seeds=10, steps=60, target_halfwidth=0.05)
+    assert r["converged"] and r["auc_halfwidth"] <= 0.05 and r["n_seeds"] == 3  # separable: every seed agrees
+
+
+def test_t_interval_matches_scipy():
+    v = [0.61, 0.55, 0.58, 0.49, 0.66]
+    mean, lo, hi = C.t_interval(v)
+    ref = scipy.stats.t.interval(0.95, len(v) - 1, loc=np.mean(v), scale=scipy.stats.sem(v))
+    assert (lo, hi) == pytest.approx(ref, rel=1e-12) and mean == pytest.approx(0.578)
+
+
+def test_threshold_is_the_best_midpoint_on_validation_scores():
+    scores = np.array([-2.0, -1.0, 0.5, 1.0, 3.0])
+    labels = np.array([0, 0, 1, 0, 1])
+    assert C._best_threshold(scores, labels) == pytest.approx(-0.25)  # 4/5 correct, first of the ties
+
+
+def test_too_few_images_is_a_data_error(sets):
+    with pytest.raises(DataError, match="at least 10 images"):
+        C.c2st_once(sets[0][:5], sets[1][:5], seed=0)
