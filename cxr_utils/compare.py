@@ -366,7 +366,8 @@ def plot_metrics(comp: Comparison, x: str = "kimg", path: str | Path | None = No
 
 def plot_samples(comp: Comparison, n: int = 16, path: str | Path | None = None):
     """Real training images, then each contender's final samples, as grids side by side."""
-    from .plots import figure, finish, image_grid, show_gray
+    from .images import grid
+    from .plots import figure, finish, show_gray
 
     panels = [("real (training)", comp.train_images[:n])]
     for name in comp.config.contenders:
@@ -374,7 +375,7 @@ def plot_samples(comp: Comparison, n: int = 16, path: str | Path | None = None):
             panels.append((name, runs.sample(comp.generator(name), n, seed=comp.config.seed + 2)))
     fig = figure(3.6 * len(panels), 3.9)
     for ax, (title, imgs) in zip(fig.subplots(1, len(panels), squeeze=False)[0], panels):
-        show_gray(ax, image_grid(imgs.mean(1, keepdim=True), nrow=int(math.sqrt(n))))
+        show_gray(ax, grid(imgs, nrow=int(math.sqrt(n)), gray=True))
         ax.set_title(title, fontsize=10)
     return finish(fig, path)
 

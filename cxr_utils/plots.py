@@ -26,42 +26,10 @@ import torch  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from .images import to_uint8  # noqa: E402
+from .images import grid, to_uint8  # noqa: E402
 
 if TYPE_CHECKING:
     from .data import CXRDataset, DataReport
-
-
-def _to_uint8(images: torch.Tensor) -> np.ndarray:
-    """(N, C, H, W) in [-1, 1] -> uint8 numpy of the same shape, by :func:`cxr_utils.images.to_uint8`."""
-    x = images.detach().float().cpu()
-    if x.ndim == 3:
-        x = x.unsqueeze(1)
-    if x.ndim != 4 or x.shape[1] not in (1, 3):
-        raise ValueError(f"expected images N x C x H x W with C in (1, 3), got {tuple(images.shape)}")
-    return to_uint8(x).numpy()
-
-
-def image_grid(images: torch.Tensor, nrow: int = 8, padding: int = 2) -> np.ndarray:
-    """Tile ``images`` (N, C, H, W in [-1, 1]), ``nrow`` per row, on black: uint8 (H, W) or (H, W, 3)."""
-    x = _to_uint8(images)
-    n, c, h, w = x.shape
-    ncol = max(1, min(nrow, n))
-    nrows = max(1, math.ceil(n / ncol))
-    grid = np.zeros((c, nrows * (h + padding) + padding, ncol * (w + padding) + padding), dtype=np.uint8)
-    for i in range(n):
-        top = padding + (i // ncol) * (h + padding)
-        left = padding + (i % ncol) * (w + padding)
-        grid[:, top:top + h, left:left + w] = x[i]
-    return grid[0] if c == 1 else grid.transpose(1, 2, 0)
-
-
-def save_grid(images: torch.Tensor, path: str | Path, nrow: int = 8, padding: int = 2) -> Path:
-    """Write ``image_grid(images, nrow)`` as a PNG at full resolution."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(image_grid(images, nrow, padding)).save(path)
-    return path
 
 
 def figure(width: float, height: float) -> Figure:
@@ -95,7 +63,7 @@ def montage_by_class(ds: CXRDataset, per_class: int = 8, path: str | Path | None
     for label, (ax, name) in enumerate(zip(axes, ds.class_names)):
         idx = (ds.labels == label).nonzero().flatten()
         if len(idx):
-            show_gray(ax, image_grid(ds.images[idx[:per_class]], nrow=per_class))
+            show_gray(ax, grid(ds.images[idx[:per_class]], nrow=per_class))
         else:
             ax.set_axis_off()
         ax.set_ylabel(f"{name}\n(n={len(idx)})", rotation=0, ha="right", va="center")
@@ -143,7 +111,7 @@ def intensity_histograms(ds: CXRDataset, path: str | Path | None = None) -> Figu
         sel = ds.images[ds.labels == label, 0]
         if not len(sel):
             continue
-        values = _to_uint8(sel.unsqueeze(1)).ravel()
+        values = to_uint8(sel.unsqueeze(1)).numpy().ravel()
         hist, _ = np.histogram(values, bins=bins, density=True)
         ax.step(bins[:-1], hist, where="post", label=f"{name} (n={len(sel)}, mean {values.mean():.0f})")
     ax.set_xlim(0, 255)
@@ -312,20 +280,9 @@ def real_vs_generated(real: torch.Tensor, fake: torch.Tensor, n: int = 32,
     fig = figure(11, 5.8)
     for ax, images, title in zip(fig.subplots(1, 2), (real, fake), ("real", "generated")):
         shown = images[:n].float().mean(1, keepdim=True)  # RGB-replicated gray back to gray
-        show_gray(ax, image_grid(shown, nrow=math.ceil(math.sqrt(len(shown)))))
+        show_gray(ax, grid(shown))
         ax.set_title(f"{title} ({len(shown)})")
     return finish(fig, path)
-
-
-def save_progress_gif(frames: list[Path], path: str | Path, seconds_per_frame: float = 0.4) -> Path:
-    """Animate the per-epoch sample grids (looping); the last frame is held three times longer."""
-    import imageio.v2 as imageio
-
-    images = [imageio.imread(f) for f in frames]
-    durations = [1000 * seconds_per_frame] * len(images)  # milliseconds
-    durations[-1] *= 3
-    imageio.mimsave(path, images, duration=durations if len(images) > 1 else durations[0], loop=0)
-    return Path(path)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -349,7 +306,7 @@ def memorisation_pairs(fake: torch.Tensor, reference: torch.Tensor, nn_distance:
         ax.set_axis_off()
     for ax, i in zip(axes, order):
         pair = torch.stack([fake[i].float().mean(0, keepdim=True), reference[nn_index[i]].float().mean(0, keepdim=True)])
-        show_gray(ax, image_grid(pair, nrow=2))
+        show_gray(ax, grid(pair, nrow=2))
         close = nn_distance[i] < threshold
         ax.set_title(f"gen {i} | real {nn_index[i]}: {nn_distance[i]:.3g}", fontsize=9,
                      color="red" if close else "black")

@@ -1,6 +1,7 @@
 """The one home of uint8 conversion, grids, PNGs and GIFs."""
 
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -46,3 +47,23 @@ def test_save_gif_frames_and_boomerang(tmp_path):
 def test_save_png_round_trip(tmp_path):
     arr = np.arange(12, dtype=np.uint8).reshape(3, 4)
     assert np.array_equal(np.asarray(Image.open(images.save_png(arr, tmp_path / "x" / "a.png"))), arr)
+
+
+def test_image_grid_tiles_pixels_exactly():
+    u8 = torch.arange(5 * 16, dtype=torch.uint8).reshape(5, 1, 4, 4) * 3
+    grid = images.grid(images.from_uint8(u8), nrow=3, padding=2)
+    assert grid.shape == (2 * 6 + 2, 3 * 6 + 2) and grid.dtype == np.uint8
+    assert (grid[2:6, 2:6] == u8[0, 0].numpy()).all()      # first row, first column
+    assert (grid[8:12, 8:12] == u8[4, 0].numpy()).all()    # second row, second column
+    assert (grid[8:12, 14:18] == 0).all()                  # empty slot stays background
+    assert (grid[:2] == 0).all() and (grid[:, 6:8] == 0).all()  # padding
+
+
+def test_image_grid_colour_and_clipping():
+    x = torch.full((2, 3, 4, 4), -1.0)
+    x[:, 1] = 5.0  # out of range: clipped to white
+    grid = images.grid(x, nrow=2, padding=0)
+    assert grid.shape == (4, 8, 3)
+    assert (grid[..., 0] == 0).all() and (grid[..., 1] == 255).all()
+    with pytest.raises(ValueError):
+        images.grid(torch.zeros(1, 2, 4, 4), nrow=1)

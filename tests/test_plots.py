@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 import torch
 from matplotlib.figure import Figure
 from PIL import Image
 
 from cxr_utils import plots
 from cxr_utils.data import CXRDataset, DataReport
-from cxr_utils.images import from_uint8
+from cxr_utils.images import from_uint8, grid
 
 
 def _dataset(labels: list[int], class_names: list[str], size: int = 8, channels: int = 1) -> CXRDataset:
@@ -25,38 +24,12 @@ def _dataset(labels: list[int], class_names: list[str], size: int = 8, channels:
                       md5s=ids, groups=ids, report=report, source="test")
 
 
-def test_image_grid_tiles_pixels_exactly():
-    u8 = torch.arange(5 * 16, dtype=torch.uint8).reshape(5, 1, 4, 4) * 3
-    grid = plots.image_grid(from_uint8(u8), nrow=3, padding=2)
-    assert grid.shape == (2 * 6 + 2, 3 * 6 + 2) and grid.dtype == np.uint8
-    assert (grid[2:6, 2:6] == u8[0, 0].numpy()).all()      # first row, first column
-    assert (grid[8:12, 8:12] == u8[4, 0].numpy()).all()    # second row, second column
-    assert (grid[8:12, 14:18] == 0).all()                  # empty slot stays background
-    assert (grid[:2] == 0).all() and (grid[:, 6:8] == 0).all()  # padding
-
-
-def test_image_grid_colour_and_clipping():
-    x = torch.full((2, 3, 4, 4), -1.0)
-    x[:, 1] = 5.0  # out of range: clipped to white
-    grid = plots.image_grid(x, nrow=2, padding=0)
-    assert grid.shape == (4, 8, 3)
-    assert (grid[..., 0] == 0).all() and (grid[..., 1] == 255).all()
-    with pytest.raises(ValueError):
-        plots.image_grid(torch.zeros(1, 2, 4, 4), nrow=1)
-
-
-def test_save_grid_round_trips(tmp_path):
-    x = _dataset([0, 1, 0], ["a", "b"]).images
-    path = plots.save_grid(x, tmp_path / "sub" / "grid.png", nrow=2)
-    assert (np.asarray(Image.open(path)) == plots.image_grid(x, nrow=2)).all()
-
-
 def test_montage_by_class_rows_and_empty_class(tmp_path):
     ds = _dataset([0, 1, 0, 0, 1], ["normal", "nodule", "empty"])
     fig = plots.montage_by_class(ds, per_class=2, path=tmp_path / "montage.png")
     assert isinstance(fig, Figure) and len(fig.axes) == 3
     first = fig.axes[0].images[0].get_array()
-    assert (np.asarray(first) == plots.image_grid(ds.images[[0, 2]], nrow=2)).all()
+    assert (np.asarray(first) == grid(ds.images[[0, 2]], nrow=2)).all()
     assert fig.axes[0].images[0].get_clim() == (0, 255)
     assert not fig.axes[2].images and "n=0" in fig.axes[2].get_ylabel()
     assert Image.open(tmp_path / "montage.png").size[0] > 100
