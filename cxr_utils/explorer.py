@@ -392,7 +392,7 @@ class LatentExplorer:
         # One label width for every control, so the slider tracks and text boxes share one left edge
         # whatever their labels say ("PC1 (43.2%)" is wider than "seed").
         label = {"description_width": "11em"}
-        row = W.Layout(width="26em")
+        row = W.Layout(width="34em")
         slider = dict(continuous_update=False, style=label, layout=row)
         # Seeds are typed (0..max_seed): a 10,000-step slider on a short track cannot pick one.
         seed_box = dict(min=0, max=max_seed, step=1, continuous_update=False, style=label,
