@@ -13,12 +13,13 @@ NB_OUT := results/notebooks
 MAIN_RUN := dcgan-stable-phantom
 PAPERMILL := $(PY) -m papermill --kernel python3 --progress-bar
 
-.PHONY: setup run test notebooks clean-results help
+.PHONY: setup browser-deps run test notebooks clean-results help
 
 help:
 	@echo "make run    set up and run the main job (notebooks 01, 02, 05 on the phantom) into results/"
 	@echo "make test   set up and run the test suite"
 	@echo "make setup  only create/refresh $(VENV)"
+	@echo "make browser-deps  install Chromium and chromedriver for the browser test (apt-get, as root)"
 
 $(STAMP): pyproject.toml
 	@command -v $(PYTHON) >/dev/null 2>&1 || { echo "error: $(PYTHON) not found (set PYTHON=...)"; exit 2; }
@@ -39,7 +40,21 @@ run: setup
 		-p run_dir results/$(MAIN_RUN)
 	@echo "main job finished: executed notebooks in $(NB_OUT)/, figures in results/"
 
-test: setup
+# The browser test (tests/browser, marker `browser`) drives JupyterLab in headless Chromium through
+# chromedriver: Debian's packages, installed here when missing and possible (root with apt-get). Without
+# them the test skips, or fails under CI=true; deselect it with `-m "not browser"`.
+browser-deps:
+	@if command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1; then \
+		echo "browser test: $$(chromium --version 2>/dev/null | head -n1), $$(chromedriver --version | head -n1)"; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+		echo "browser test: installing chromium and chromium-driver with apt-get"; \
+		{ apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+			chromium chromium-driver >/dev/null; } || echo "warning: apt-get could not install chromium chromium-driver"; \
+	else \
+		echo "warning: chromium/chromedriver missing and not installable here (needs root and apt-get): the browser test will skip (fail under CI=true)"; \
+	fi
+
+test: setup browser-deps
 	$(PY) -m pytest -n 2 --dist loadfile tests build/nbval --nbval-lax --nbval-current-env
 
 clean-results:

@@ -450,7 +450,7 @@ def test_model_and_short_preset_names_resolve_to_stylegan2_presets():
 def test_loop_trains_stylegan2_logs_ada_and_resumes_exactly(tmp_path, loop_images):
     """An interrupted and resumed run equals a straight one bit for bit: weights, EMA, optimisers,
     ADA's p (which moved), history rows; R1 and ADA statistics are in the history."""
-    from cxr_utils import runs, train, widgets
+    from cxr_utils import explorer, runs, train
 
     straight = train.train(_loop_cfg(), tmp_path / "straight", images=loop_images, progress=False)
     train.train(_loop_cfg(epochs=1), tmp_path / "cut", images=loop_images, progress=False)
@@ -471,7 +471,7 @@ def test_loop_trains_stylegan2_logs_ada_and_resumes_exactly(tmp_path, loop_image
     assert torch.equal(G.synthesis.state_dict()[next(iter(G.synthesis.state_dict()))],
                        straight.G.synthesis.state_dict()[next(iter(G.synthesis.state_dict()))])
     assert runs.sample(G, 4, seed=0).shape == (4, 3, 32, 32)
-    assert widgets.latent_space(G).kind == "w"
+    assert explorer.latent_space(G).kind == "w"
 
 
 def test_train_cli_with_model_stylegan2(tmp_path, monkeypatch):

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 from torch import nn
 
-from cxr_utils import widgets as wd
+from cxr_utils import explorer as wd
 from cxr_utils.errors import ConfigError, RunError
 
 SIZE = 8
@@ -229,6 +229,25 @@ def test_montage_places_frames_with_gaps():
     assert wd.montage(frames[0], pad=1).shape == (2, 8)
 
 
+def _montage_by_hand(frames, pad, pad_value):
+    """The strip layout written out pixel by pixel: gaps between tiles, none around the edge."""
+    tiles = frames[None] if frames.ndim == 3 else frames
+    rows, cols, h, w = tiles.shape
+    out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), pad_value, dtype=np.uint8)
+    for r in range(rows):
+        for c in range(cols):
+            out[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = tiles[r, c]
+    return out
+
+
+@pytest.mark.parametrize("shape, pad, pad_value", [((5, 7, 6), 2, 255), ((2, 3, 4, 5), 1, 255),
+                                                   ((3, 4, 4), 0, 255), ((2, 2, 3, 3), 3, 0)])
+def test_montage_on_images_grid_matches_the_hand_layout(shape, pad, pad_value):
+    frames = np.random.default_rng(0).integers(0, 256, size=shape, dtype=np.uint8)
+    assert np.array_equal(wd.montage(frames, pad=pad, pad_value=pad_value),
+                          _montage_by_hand(frames, pad, pad_value))
+
+
 def test_strip_png_and_gif_round_trip(tmp_path):
     import imageio.v3 as iio
 
@@ -286,12 +305,21 @@ def test_explorer_shows_the_seed_and_follows_the_sliders(z_explorer):
 
 
 def test_explorer_layout_and_controls(z_explorer):
+    import ipywidgets as W
+
     ex = z_explorer
     parts = list(_descendants(ex.widget))
     for w in [ex.seed, *ex.sliders, ex.image, ex.seed_b, ex.strip, ex.export_button, ex.out_dir]:
         assert w in parts
     assert len(ex.sliders) == 3 and all(not s.continuous_update for s in ex.sliders)
     assert ex.truncation is None and ex.crossover is None  # z-space: no truncation or mixing
+    # seeds are typed into bounded text boxes, not picked on a 10,000-step slider
+    assert isinstance(ex.seed, W.BoundedIntText) and isinstance(ex.seed_b, W.BoundedIntText)
+    assert (ex.seed.min, ex.seed.max) == (0, 9999) and not ex.seed.continuous_update
+    # one label width for every slider and the seed box, so their tracks start at one x
+    widths = {w.style.description_width for w in [ex.seed, *ex.sliders]}
+    assert len(widths) == 1 and widths != {"initial"}
+    assert ex.export_button.layout.width == "auto"
 
 
 def test_explorer_strip_follows_second_seed_and_exports(z_explorer, tmp_path):

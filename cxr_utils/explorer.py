@@ -15,7 +15,6 @@ gray, RGB generators only replicate them).
 from __future__ import annotations
 
 import contextlib
-import io
 from pathlib import Path
 from typing import Any, Iterator, NamedTuple, Sequence
 
@@ -24,8 +23,8 @@ import torch
 from torch import nn
 
 from .errors import ConfigError, RunError
+from .images import grid, png_bytes, save_gif, save_png, to_gray_uint8
 from .paths import project_path
-from .images import to_gray_uint8
 from .runs import load_run
 
 __all__ = [
@@ -41,7 +40,6 @@ __all__ = [
     "latent_directions",
     "latent_space",
     "montage",
-    "png_bytes",
     "render",
     "save_strip_gif",
     "save_strip_png",
@@ -302,45 +300,28 @@ def direction_walk(G: nn.Module | LatentSpace, code: torch.Tensor, components: t
 
 
 def montage(frames: np.ndarray, pad: int = 2, pad_value: int = 255) -> np.ndarray:
-    """Tile (n, H, W) frames into one row, or (rows, cols, H, W) into a grid, with ``pad`` px gaps."""
-    grid = frames[None] if frames.ndim == 3 else frames
-    rows, cols, h, w = grid.shape
-    out = np.full((rows * (h + pad) - pad, cols * (w + pad) - pad), pad_value, dtype=np.uint8)
-    for r in range(rows):
-        for c in range(cols):
-            out[r * (h + pad): r * (h + pad) + h, c * (w + pad): c * (w + pad) + w] = grid[r, c]
-    return out
+    """Tile uint8 frames, (n, H, W) into one row or (rows, cols, H, W) into a grid, with ``pad`` px gaps
+    of grey level ``pad_value`` between them and none around the edge.
 
-
-def png_bytes(image: np.ndarray, scale: int = 1) -> bytes:
-    """PNG encoding of a uint8 gray image, optionally enlarged by whole pixels (no blur)."""
-    from PIL import Image
-
-    img = Image.fromarray(image)
-    if scale > 1:
-        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
-    buf = io.BytesIO()
-    img.save(buf, format="PNG")
-    return buf.getvalue()
+    Returns (rows * (H + pad) - pad, cols * (W + pad) - pad) uint8. Tiled by :func:`cxr_utils.images.grid`
+    (torchvision's ``make_grid``), whose outer border of ``pad`` px is cut off here.
+    """
+    tiles = frames[None] if frames.ndim == 3 else frames
+    rows, cols, h, w = tiles.shape
+    tiled = grid(np.ascontiguousarray(tiles.reshape(rows * cols, h, w)), nrow=cols, padding=pad,
+                 pad_value=pad_value)
+    return tiled[pad: tiled.shape[0] - pad, pad: tiled.shape[1] - pad]
 
 
 def save_strip_png(frames: np.ndarray, path: str | Path, pad: int = 2) -> Path:
-    """Save (n, H, W) frames side by side as one PNG."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(png_bytes(montage(frames, pad=pad)))
-    return path
+    """Save (n, H, W) uint8 frames side by side (:func:`montage`, white gaps) as one PNG."""
+    return save_png(montage(frames, pad=pad), path)
 
 
 def save_strip_gif(frames: np.ndarray, path: str | Path, fps: float = 8.0, boomerang: bool = True) -> Path:
-    """Save frames as a looping GIF; ``boomerang`` plays back and forth so the loop has no jump."""
-    import imageio.v3 as iio
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    seq = list(frames) + (list(frames[-2:0:-1]) if boomerang else [])
-    iio.imwrite(path, np.stack(seq), extension=".gif", duration=1000.0 / fps, loop=0)
-    return path
+    """Save (n, H, W) uint8 frames as a looping GIF; ``boomerang`` plays back and forth so the loop has
+    no jump."""
+    return save_gif(list(frames), path, durations_ms=1000.0 / fps, boomerang=boomerang)
 
 
 # ----------------------------------------------------------------------------------------------- figures
@@ -388,10 +369,11 @@ class LatentExplorer:
     """An ipywidgets view over one generator. Callbacks only call the plain functions above, so the
     same state can be reproduced without a browser (``code()``, ``current_image()``, ``export()``).
 
-    Controls: seed; one slider per principal direction (in standard deviations); for StyleGAN2 a
-    truncation slider, a mixing seed and the crossover layer (layers from it on come from the mixing
-    seed; the last value means no mixing); a second seed for the interpolation strip; export of the strip
-    as PNG and GIF (and the current image as PNG) into ``out_dir``.
+    Controls: the seed (a text box, 0..``max_seed``); one slider per principal direction (in standard
+    deviations); for StyleGAN2 a truncation slider, a mixing seed (text box) and the crossover layer
+    (layers from it on come from the mixing seed; the last value means no mixing); a second seed for the
+    interpolation strip; export of the strip as PNG and GIF (and the current image as PNG) into
+    ``out_dir``. Every slider track starts at the same x (one label width for all).
     """
 
     def __init__(self, G: nn.Module, *, n_components: int = 6, seed: int = 0, seed_b: int = 1,
@@ -407,32 +389,41 @@ class LatentExplorer:
         self.strip_steps = strip_steps
         self._quiet = False
         self.display_size = display_size
-        slider = dict(continuous_update=False, style={"description_width": "initial"})
+        # One label width for every control, so the slider tracks and text boxes share one left edge
+        # whatever their labels say ("PC1 (43.2%)" is wider than "seed").
+        label = {"description_width": "11em"}
+        row = W.Layout(width="34em")
+        slider = dict(continuous_update=False, style=label, layout=row)
+        # Seeds are typed (0..max_seed): a 10,000-step slider on a short track cannot pick one.
+        seed_box = dict(min=0, max=max_seed, step=1, continuous_update=False, style=label,
+                        layout=W.Layout(width="18em"))
 
-        self.seed = W.IntSlider(value=seed, min=0, max=max_seed, description="seed", **slider)
+        self.seed = W.BoundedIntText(value=seed, description="seed", **seed_box)
         ratio = self.directions.explained_variance
         self.sliders = [
             W.FloatSlider(value=0.0, min=-span, max=span, step=0.1, readout_format="+.1f",
                           description=f"PC{i + 1} ({100 * float(r):.1f}%)", **slider)
             for i, r in enumerate(ratio)
         ]
-        self.reset_button = W.Button(description="reset directions")
+        self.reset_button = W.Button(description="reset directions", layout=W.Layout(width="auto"))
         controls: list[Any] = [self.seed, *self.sliders, self.reset_button]
         self.truncation = self.mix_seed = self.crossover = None
         if self.space.kind == "w":
             n = self.space.num_layers
             self.truncation = W.FloatSlider(value=1.0, min=0.0, max=1.5, step=0.05,
                                             description="truncation psi", **slider)
-            self.mix_seed = W.IntSlider(value=seed_b, min=0, max=max_seed, description="mixing seed",
-                                        **slider)
+            self.mix_seed = W.BoundedIntText(value=seed_b, description="mixing seed", **seed_box)
             self.crossover = W.IntSlider(value=n, min=0, max=n, description=f"fine layers from (of {n})",
                                          **slider)
             controls += [self.truncation, self.mix_seed, self.crossover]
         self.image = W.Image(format="png")
-        self.seed_b = W.IntSlider(value=seed_b, min=0, max=max_seed, description="strip: to seed", **slider)
+        self.seed_b = W.BoundedIntText(value=seed_b, description="strip: to seed", **seed_box)
         self.strip = W.Image(format="png")
-        self.out_dir = W.Text(value=str(out_dir), description="export to")
-        self.export_button = W.Button(description="export strip PNG/GIF", icon="download")
+        self.out_dir = W.Text(value=str(out_dir), description="export to", style=label,
+                              layout=W.Layout(width="40em"))
+        # width "auto" fits the button to its whole label (the default width cut it to "export strip PN...")
+        self.export_button = W.Button(description="export strip PNG/GIF", icon="download",
+                                      layout=W.Layout(width="auto"))
         self.status = W.Label()
 
         for w in [self.seed, *self.sliders, self.truncation, self.mix_seed, self.crossover]:
@@ -511,9 +502,7 @@ class LatentExplorer:
             save_strip_png(frames, out / f"interp_{a:04d}_{b:04d}.png"),
             save_strip_gif(frames, out / f"interp_{a:04d}_{b:04d}.gif"),
         ]
-        view = out / f"seed_{a:04d}.png"
-        view.write_bytes(png_bytes(self.current_image()))
-        paths.append(view)
+        paths.append(save_png(self.current_image(), out / f"seed_{a:04d}.png"))
         self.status.value = "wrote " + ", ".join(str(p) for p in paths)
         return paths
 
