@@ -83,6 +83,13 @@ class TrainConfig:
     n_fixed: int = C.option(64, "number of fixed latents for the sample grids")
     max_images: int | None = C.option(None, "cap on the data set size (a fixed random subset)")
     num_data: int | None = C.option(None, "phantom size when source is plain 'phantom'")
+    # Best-checkpoint scoring (metrics.CheckpointScorer): KID of the EMA generator on fixed latents
+    # against a fixed real subset, every score_every_kimg; the lowest is kept as network-best.pt.
+    score_every_kimg: float = C.option(0.0, "score the (EMA) generator by KID every this many kimg and keep "
+                                            "network-best.pt; 0 = off")
+    score_extractor: Literal["offline", "inception"] = C.option("offline", "features for the checkpoint KID: "
+                                                                "offline (fast statistics) or inception")
+    score_n: int = C.option(500, "generated and real images per checkpoint score")
 
     def validate(self) -> None:
         rules = [
@@ -115,6 +122,8 @@ class TrainConfig:
             (all(e >= 1 for e in self.grid_epochs), "grid_epochs must be >= 1"),
             (self.max_images is None or self.max_images >= 1, "max_images must be >= 1"),
             (self.num_data is None or self.num_data >= 1, "num_data must be >= 1"),
+            (self.score_every_kimg >= 0, f"score_every_kimg must be >= 0 (0 = off), got {self.score_every_kimg}"),
+            (self.score_n >= 2, f"score_n must be >= 2, got {self.score_n}"),
         ]
         for ok, message in rules:
             if not ok:
@@ -180,6 +189,7 @@ RESUMABLE_CHANGES = frozenset({"epochs", "kimg", "time_budget_s", "checkpoint_ev
                                "device", "compile"})
 
 
+@C.typed_keywords
 def make_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
     """A preset plus overrides (Python values or CLI strings), validated.
 
