@@ -125,6 +125,7 @@ def describe_error(exc: BaseException, limit: int = 160) -> str:
     """``exc`` on one line (torch's load and ``load_state_dict`` messages span lines), at most ``limit``
     characters: an empty file's EOFError reads "EOFError: empty or truncated"."""
     text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = text.split(". ")[0].rstrip(".")  # torch's zip reader appends paragraphs of advice
     if isinstance(exc, EOFError) or not text:
         text = "empty or truncated"
     text = f"{type(exc).__name__}: {text}"
@@ -149,7 +150,8 @@ def read_network(run_dir: str | Path, which: str = "final") -> tuple[Path, dict[
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise RunError(f"cannot read {path.name} in {run_dir} ({describe_error(exc)}); "
+        raise RunError(f"cannot read {path.name} in {run_dir} (truncated, empty or not a checkpoint: "
+                       f"{describe_error(exc)}); "
                        f"{_alternatives(path.parent, path.name)}") from None
     missing = [k for k in ("config", "G") if not isinstance(payload, dict) or k not in payload]
     if missing:
@@ -188,7 +190,7 @@ def read_state(run_dir: Path, device: str | torch.device = "cpu") -> dict[str, A
     try:
         state = torch.load(path, map_location=device, weights_only=True)
     except Exception as exc:
-        raise RunError(unusable_state(run_dir, describe_error(exc))) from None
+        raise RunError(unusable_state(run_dir, f"truncated, empty or not a checkpoint: {describe_error(exc)}")) from None
     if not isinstance(state, dict):
         raise RunError(unusable_state(run_dir, f"holds a {type(state).__name__}, not a training state"))
     return state
