@@ -3,8 +3,11 @@
 Everything a training run writes goes through here: opening the folder (refusing to clobber a run,
 checking that a resume changes nothing that matters), the history (``stats.jsonl`` appended per epoch,
 ``history.csv``), the resumable checkpoint (``training-state.pt``) and inference weights
-(``network-snapshot.pt``, ``network-final.pt``), the sample grids (``samples/epoch_NNN.png``), the
-progress GIF and the training figures. Reading back: ``read_history``, ``load_run``, ``sample``.
+(``network-snapshot.pt``, ``network-final.pt``, and ``network-best.pt``, the lowest checkpoint KID when
+training scores itself), the sample grids (``samples/epoch_NNN.png``), the
+progress GIF and the training figures. Reading back: ``read_history``, ``load_run`` (``which`` =
+final | best | snapshot), ``read_state``, ``sample``; a truncated, empty or foreign file is a one-line
+RunError that names it and the run's intact alternatives.
 
 ``python -m cxr_utils generate RUN --n 1000 --out DIR [--seed S] [--grid] [--which final|best|snapshot]``
 writes one PNG per sample.

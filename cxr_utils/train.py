@@ -9,7 +9,7 @@ augmentation state, every RNG, the data-order generator, counters), so an interr
 ``resume=True`` ends bit-identical to an uninterrupted one on the same machine.
 
 History rows (``stats.jsonl``, one per iteration; ``history.csv``): ``iteration``, ``epoch``, ``kimg``,
-``time_s`` (training wall time), ``loss_D``, ``loss_G``, ``D_x``, ``D_G_z1`` (fakes scored in the D step,
+``time_s`` (training wall time, checkpoint scoring excluded), ``loss_D``, ``loss_G``, ``D_x``, ``D_G_z1`` (fakes scored in the D step,
 before D's update), ``D_G_z2`` (the same fakes in the G step, after it) -- D outputs as probabilities,
 named as in pytorch/examples -- and with augmentation ``augment_p`` and ``augment_rt`` (ADA's r_t).
 With ``n_dis > 1`` the G columns are empty on iterations without a G step.
@@ -296,7 +296,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
     per_epoch = len(data) // cfg.batch_size
     local = distributed.batch_slice(cfg.batch_size, world.rank, world.world_size)
     epochs = math.ceil(cfg.kimg * 1000 / (per_epoch * cfg.batch_size)) if cfg.kimg else cfg.epochs
-    scorer = _checkpoint_scorer(cfg, data, device) if main and cfg.score_every_kimg > 0 else None
     parts = _build(cfg, device, amp_dtype, fmt)
     steps, G, G_ema, augment, count = parts.steps, parts.steps.G, parts.G_ema, parts.augment, parts.count
     history: list[dict[str, Any]] = []
@@ -335,8 +334,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
         epochs = count.epoch  # resumed with its time already spent: nothing more to train
     bar = tqdm(total=epochs * per_epoch, initial=count.iteration, disable=not (progress and main), unit="it")
     start = time.perf_counter() - count.seconds
+    segment_start = count.seconds
+    scoring = main and cfg.score_every_kimg > 0  # rank 0 scores; its forks leave every shared stream alone
+    scorer = None  # built at the first score (real features), so short runs that never score pay nothing
     score_every = max(1, round(cfg.score_every_kimg * 1000))  # images between checkpoint scores
-    score_seconds = 0.0  # spent scoring in this call (reported, not stored: it is not part of the run)
+    score_seconds = 0.0  # spent scoring in this call; not training time (time_s, time_budget_s exclude it)
     checkpointed = count.epoch if resume else None  # epoch of the last checkpoint on disk
     with runs.open_stats(run_dir) if main else contextlib.nullcontext() as stats_file:
         for epoch in range(count.epoch + 1, epochs + 1):
@@ -357,14 +359,17 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
                 if augment is not None:
                     meta["augment_p"] = augment.p
                     meta["augment_rt"] = None if math.isnan(augment.r_t) else augment.r_t
-                if scorer is not None and count.images // score_every > (count.images - cfg.batch_size) // score_every:
+                if scoring and count.images // score_every > (count.images - cfg.batch_size) // score_every:
                     tic = time.perf_counter()
+                    if scorer is None:
+                        scorer = _checkpoint_scorer(cfg, data, device)
                     score = _score(scorer, G_ema if G_ema is not None else G, cfg, device)
                     meta |= score
                     if score["kid"] is not None and (best is None or score["kid"] < best["kid"]):
                         best = {**score, "kimg": count.images / 1000, "iteration": count.iteration}
                         runs.write_best(run_dir, cfg, G, G_ema, count.images / 1000, epoch, best)
-                    score_seconds += time.perf_counter() - tic
+                    spent = time.perf_counter() - tic
+                    score_seconds, start = score_seconds + spent, start + spent
                 pending.append((meta, stats))
                 bar.update()
                 if main and (count.iteration % 10 == 0 or count.iteration == 1):
@@ -402,11 +407,12 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
             if out_of_time:
                 break
     bar.close()
-    if scorer is not None and main:
-        share = score_seconds / count.seconds if count.seconds else float("nan")
+    if scorer is not None:
+        trained = count.seconds - segment_start  # this call's training time, scoring excluded
+        share = score_seconds / trained if trained > 0 else float("nan")
         where = f"best KID {best['kid']:.4g} at {best['kimg']:.2f} kimg -> {runs.NETWORK_BEST}" if best else "no score"
         print(f"checkpoint scoring ({cfg.score_extractor}, n={scorer.n}): {score_seconds:.1f} s "
-              f"({share:.1%} of this call's training time); {where}")
+              f"(+{share:.1%} on this call's {trained:.0f} s of training); {where}")
     result = _finish(run_dir, cfg, G_ema if G_ema is not None else G, history, count, write=main)
     result.best = best
     distributed.barrier()  # when train() returns on any process, the run folder is complete

@@ -147,7 +147,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "stable": dict(model="dcgan", image_size=64, channels=3, latent_dim=128, base=64,
                    batch_size=128, epochs=25, lr_g=1e-4, lr_d=4e-4, beta1=0.5, beta2=0.999,
                    loss="hinge", spectral_norm=True, d_batchnorm=False, ema_kimg=2.0, ema_rampup=0.05,
-                   augment="diffaug", augment_p=0.3, n_dis=1, grid_epochs=(1, 10, 25)),
+                   augment="diffaug", augment_p=0.3, n_dis=1, grid_epochs=(1, 10, 25),
+                   # KID of the EMA generator every 2 kimg (24 scores in 25 epochs of phantom:2000), the best
+                   # kept as network-best.pt: measured about +3% on the training time at that size on CPU
+                   score_every_kimg=2.0),
 }
 
 
@@ -184,9 +187,10 @@ PRESETS |= {
 # The run folder's saved config (runs.OPTIONS names the same file; runs imports this module).
 OPTIONS = "training_options.json"
 
-# Fields that may differ when a run is resumed: they extend or observe training, never change it.
+# Fields that may differ when a run is resumed: they extend or observe training, never change it
+# (score_every_kimg only schedules the scorer; score_n and score_extractor define it, so they stay).
 RESUMABLE_CHANGES = frozenset({"epochs", "kimg", "time_budget_s", "checkpoint_every", "sample_every", "grid_epochs",
-                               "device", "compile"})
+                               "device", "compile", "score_every_kimg"})
 
 
 @C.typed_keywords

@@ -60,6 +60,7 @@ def test_stable_preset_has_every_ingredient():
     cfg = make_config("stable")
     assert cfg.spectral_norm and not cfg.d_batchnorm and cfg.loss in ("hinge", "ns")
     assert cfg.ema_kimg > 0 and cfg.lr_d > cfg.lr_g and cfg.augment == "diffaug" and cfg.augment_p > 0
+    assert cfg.score_every_kimg == 2.0 and cfg.score_extractor == "offline"  # best checkpoint kept
 
 
 @pytest.mark.parametrize("bad", [
