@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from . import config as C
 from . import device as dev
 from . import ada, distributed, runs
-from .errors import ConfigError, CXRError, RunError
+from .errors import ConfigError, CXRError, DataError, RunError
 from .losses import GANSteps
 from .models import build_discriminator, build_generator, family
 from .paths import project_path
@@ -96,7 +96,9 @@ def training_images(cfg: TrainConfig, images: torch.Tensor | None = None, progre
     """The training set as one float32 (N, C, S, S) tensor in [-1, 1]: ``images`` or ``data.load``.
 
     The data never depend on ``cfg.seed`` (the phantom is rendered with its default seed, the
-    ``max_images`` subset is fixed), so runs that differ only in seed see the same images."""
+    ``max_images`` subset is fixed), so runs that differ only in seed see the same images. Images of
+    another shape, with NaN/inf pixels or outside [-1, 1] (0..255 floats), or fewer than one batch, are
+    refused (ConfigError, DataError) before anything trains."""
     if images is None:
         from .data import load
 
@@ -108,6 +110,13 @@ def training_images(cfg: TrainConfig, images: torch.Tensor | None = None, progre
     if images.dim() != 4 or tuple(images.shape[1:]) != expected:
         raise ConfigError(f"training images have shape {tuple(images.shape)}, config expects (N, *{expected})")
     images = images.float()
+    if not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
+        raise DataError(f"{bad} of {len(images)} training images hold NaN or inf pixels")
+    lo, hi = (float(v) for v in torch.aminmax(images)) if images.numel() else (0.0, 0.0)
+    if lo < -1 - 1e-3 or hi > 1 + 1e-3:  # e.g. 0..255 floats: the generator's tanh could never match them
+        raise DataError(f"training images must be scaled to [-1, 1], got values in [{lo:.4g}, {hi:.4g}] "
+                        "(images.from_uint8 converts 0..255)")
     if cfg.max_images and len(images) > cfg.max_images:
         keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
         images = images[keep[: cfg.max_images].sort().values]
@@ -296,6 +305,9 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
     per_epoch = len(data) // cfg.batch_size
     local = distributed.batch_slice(cfg.batch_size, world.rank, world.world_size)
     epochs = math.ceil(cfg.kimg * 1000 / (per_epoch * cfg.batch_size)) if cfg.kimg else cfg.epochs
+    scorer = None  # offline: built at the first score, so short runs that never score pay nothing
+    if main and cfg.score_every_kimg > 0 and cfg.score_extractor != "offline":
+        scorer = _checkpoint_scorer(cfg, data, device)  # fail now, not after hours, when weights are missing
     parts = _build(cfg, device, amp_dtype, fmt)
     steps, G, G_ema, augment, count = parts.steps, parts.steps.G, parts.G_ema, parts.augment, parts.count
     history: list[dict[str, Any]] = []
@@ -336,7 +348,6 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
     start = time.perf_counter() - count.seconds
     segment_start = count.seconds
     scoring = main and cfg.score_every_kimg > 0  # rank 0 scores; its forks leave every shared stream alone
-    scorer = None  # built at the first score (real features), so short runs that never score pay nothing
     score_every = max(1, round(cfg.score_every_kimg * 1000))  # images between checkpoint scores
     score_seconds = 0.0  # spent scoring in this call; not training time (time_s, time_budget_s exclude it)
     checkpointed = count.epoch if resume else None  # epoch of the last checkpoint on disk

