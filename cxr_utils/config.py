@@ -13,6 +13,7 @@ import dataclasses
 import functools
 import inspect
 import json
+import math
 import numbers
 import types
 import typing
@@ -52,6 +53,9 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
     tuple, a literal ``"{'k': 1}"`` for a dict. Python values must already have the right type, except
     that an int is accepted for a float field, a list for a tuple field and numpy scalars for their kind.
     A bool field accepts a real bool only (or one of those strings): ``1`` or ``"maybe"`` is an error.
+    A float field refuses non-finite numbers in any spelling (``"inf"``, ``"-Infinity"``, ``"nan"``,
+    ``"1e999"``, ``float("nan")``, ``numpy.inf``): no setting of any config means infinity or NaN, and
+    such a value only surfaces later as NaN losses or an endless loop.
     """
     origin = typing.get_origin(tp)
     args = typing.get_args(tp)
@@ -59,9 +63,10 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
         if value is None or (isinstance(value, str) and value.lower() == "none"):
             if type(None) in args:
                 return None
-        for arg in args:
-            if arg is type(None):
-                continue
+        options = [arg for arg in args if arg is not type(None)]
+        if len(options) == 1:  # Optional[X]: X's own message ("expected a finite number, got 'inf'")
+            return coerce(name, value, options[0])
+        for arg in options:
             try:
                 return coerce(name, value, arg)
             except ConfigError:
@@ -106,16 +111,21 @@ def coerce(name: str, value: Any, tp: Any) -> Any:
                 pass
         raise ConfigError(f"{name}: expected an integer, got {value!r}")
     if tp is float:
-        if isinstance(value, bool):
+        if isinstance(value, (bool, np_bool())):
             raise ConfigError(f"{name}: expected a number, got {value!r}")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
+        number: float | None = None
+        if isinstance(value, numbers.Real):
+            number = float(value)
+        elif isinstance(value, str):
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 pass
-        raise ConfigError(f"{name}: expected a number, got {value!r}")
+        if number is None:
+            raise ConfigError(f"{name}: expected a number, got {value!r}")
+        if not math.isfinite(number):  # "inf", "-Infinity", "nan", 1e999, numpy's nan: never a setting
+            raise ConfigError(f"{name}: expected a finite number, got {value!r}")
+        return number
     if tp is str:
         if isinstance(value, str):
             return value

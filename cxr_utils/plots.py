@@ -237,6 +237,30 @@ def training_scores(history: list[dict], path: str | Path | None = None) -> Figu
     return finish(fig, path)
 
 
+def checkpoint_kid(history: list[dict], path: str | Path | None = None) -> Figure:
+    """The checkpoint KID over kimg (history rows with ``kid``; band: +- ``kid_std`` over KID subsets),
+    the best (lowest) marked: the one kept as ``network-best.pt``. Lower is better."""
+    rows = [r for r in history if r.get("kid") is not None and math.isfinite(r["kid"])]
+    fig = figure(9, 3.6)
+    ax = fig.subplots()
+    if rows:
+        x = np.array([r["kimg"] for r in rows])
+        y = np.array([r["kid"] for r in rows])
+        sd = np.array([r.get("kid_std") or 0.0 for r in rows])
+        extractor = rows[-1].get("score_extractor", "")
+        ax.fill_between(x, y - sd, y + sd, alpha=0.2, lw=0)
+        ax.plot(x, y, marker="o", ms=3, lw=1.2, label=f"KID ({extractor} features)" if extractor else "KID")
+        i = int(np.argmin(y))
+        ax.plot([x[i]], [y[i]], marker="*", ms=12, color="C3", ls="none",
+                label=f"best: {y[i]:.4g} at {x[i]:.2f} kimg")
+        ax.legend(loc="best", fontsize=8)
+    ax.set_xlabel("kimg (real images shown / 1000)")
+    ax.set_ylabel("KID (lower is better)")
+    ax.set_title("Checkpoint score of the (EMA) generator")
+    ax.grid(alpha=0.3)
+    return finish(fig, path)
+
+
 def augment_probability(history: list[dict], path: str | Path | None = None, target: float | None = 0.6,
                         title: str = "") -> Figure:
     """ADA's augmentation probability p and its overfitting measure r_t = E[sign(D(real))] over kimg.

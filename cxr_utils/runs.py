@@ -3,10 +3,14 @@
 Everything a training run writes goes through here: opening the folder (refusing to clobber a run,
 checking that a resume changes nothing that matters), the history (``stats.jsonl`` appended per epoch,
 ``history.csv``), the resumable checkpoint (``training-state.pt``) and inference weights
-(``network-snapshot.pt``, ``network-final.pt``), the sample grids (``samples/epoch_NNN.png``), the
-progress GIF and the training figures. Reading back: ``read_history``, ``load_run``, ``sample``.
+(``network-snapshot.pt``, ``network-final.pt``, and ``network-best.pt``, the lowest checkpoint KID when
+training scores itself), the sample grids (``samples/epoch_NNN.png``), the
+progress GIF and the training figures. Reading back: ``read_history``, ``load_run`` (``which`` =
+final | best | snapshot), ``read_state``, ``sample``; a truncated, empty or foreign file is a one-line
+RunError that names it and the run's intact alternatives.
 
-``python -m cxr_utils generate RUN --n 1000 --out DIR [--seed S] [--grid]`` writes one PNG per sample.
+``python -m cxr_utils generate RUN --n 1000 --out DIR [--seed S] [--grid] [--which final|best|snapshot]``
+writes one PNG per sample.
 PNGs are always 8-bit grayscale: a 3-channel generator trained on gray radiographs replicated to RGB
 is written as the mean of its channels (a radiograph has no colour to keep).
 """
@@ -20,7 +24,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Literal
 
 import numpy as np
 import torch
@@ -39,7 +43,11 @@ HISTORY = "history.csv"
 STATE = "training-state.pt"
 NETWORK_FINAL = "network-final.pt"
 NETWORK_SNAPSHOT = "network-snapshot.pt"
+NETWORK_BEST = "network-best.pt"
 SAMPLES = "samples"
+# ``which`` generator weights to load: the newest (final, else the last snapshot), the best-scored
+# (``network-best.pt``, written when training scores checkpoints), or the last snapshot itself.
+WHICH = ("final", "best", "snapshot")
 
 
 def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = True) -> None:
@@ -82,30 +90,124 @@ def network_payload(cfg: Any, G: nn.Module, G_ema: nn.Module | None, kimg: float
     return payload
 
 
-def network_path(run_dir: str | Path) -> Path:
-    """The newest inference weights of a run: ``network-final.pt``, else ``network-snapshot.pt``."""
+def network_path(run_dir: str | Path, which: str = "final") -> Path:
+    """The inference weights of a run that ``which`` names.
+
+    ``"final"``: ``network-final.pt``, else ``network-snapshot.pt`` (a run still training or stopped
+    early); ``"best"``: ``network-best.pt`` (the lowest checkpoint KID; written only when the run was
+    trained with ``score_every_kimg > 0``); ``"snapshot"``: ``network-snapshot.pt``. A missing folder or
+    file is a one-line RunError saying what to do instead.
+    """
+    if which not in WHICH:
+        raise ConfigError(f"which must be one of {list(WHICH)}, got {which!r}")
     run = project_path(run_dir)
     if not run.is_dir():
         raise RunError(f"run folder not found: {run_dir}")
-    for name in (NETWORK_FINAL, NETWORK_SNAPSHOT):
+    if which == "best":
+        if (run / NETWORK_BEST).is_file():
+            return run / NETWORK_BEST
+        raise RunError(f"no {NETWORK_BEST} in {run_dir}: the run was not scored during training "
+                       "(train with --score-every-kimg > 0), or use --which final")
+    names = (NETWORK_SNAPSHOT,) if which == "snapshot" else (NETWORK_FINAL, NETWORK_SNAPSHOT)
+    for name in names:
         if (run / name).is_file():
             return run / name
-    raise RunError(f"no {NETWORK_FINAL} or {NETWORK_SNAPSHOT} in {run_dir}: has the run saved a checkpoint?")
+    raise RunError(f"no {' or '.join(names)} in {run_dir}: has the run saved a checkpoint?")
 
 
-def load_run(run_dir: str | Path, device: str | torch.device = "cpu") -> tuple[Any, nn.Module]:
-    """``(TrainConfig, G)`` of a run, G in eval mode with its EMA weights when the run kept them."""
-    from .models import build_generator
+def _readable(path: Path) -> bool:
+    """Whether ``path`` is a checkpoint ``torch.load`` reads (weights only)."""
+    try:
+        torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # truncated, empty, foreign: all mean "not usable"
+        return False
+    return True
 
-    path = network_path(run_dir)
+
+def describe_error(exc: BaseException, limit: int = 160) -> str:
+    """``exc`` on one line (torch's load and ``load_state_dict`` messages span lines), at most ``limit``
+    characters: an empty file's EOFError reads "EOFError: empty or truncated"."""
+    text = " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    text = text.split(". ")[0].rstrip(".")  # torch's zip reader appends paragraphs of advice
+    if isinstance(exc, EOFError) or not text:
+        text = "empty or truncated"
+    text = f"{type(exc).__name__}: {text}"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _alternatives(run: Path, broken: str) -> str:
+    """The other readable weight files of ``run`` as ``--which`` advice."""
+    which = {NETWORK_FINAL: "final", NETWORK_BEST: "best", NETWORK_SNAPSHOT: "snapshot"}
+    intact = [f"{name} is intact (--which {which[name]})" for name in (NETWORK_SNAPSHOT, NETWORK_BEST, NETWORK_FINAL)
+              if name != broken and (run / name).is_file() and _readable(run / name)]
+    return "; ".join(intact) if intact else "no other weight file of this run is readable"
+
+
+def read_network(run_dir: str | Path, which: str = "final") -> tuple[Path, dict[str, Any]]:
+    """The path and payload (``config``, ``G``, ``G_ema`` when kept, ``kimg``, ``epoch``) of a run's weights.
+
+    A truncated, empty or foreign file is a one-line RunError naming it and the run's intact
+    alternatives, instead of torch's multi-line ``PytorchStreamReader``/``EOFError`` traceback.
+    """
+    path = network_path(run_dir, which)
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a truncated or foreign file; say which
-        raise RunError(f"cannot read {path.name} in {run_dir}: {type(exc).__name__}") from None
-    cfg = train_config.from_dict(payload["config"])
-    G = build_generator(cfg)
-    G.load_state_dict(payload.get("G_ema", payload["G"]))
+    except Exception as exc:
+        raise RunError(f"cannot read {path.name} in {run_dir} (truncated, empty or not a checkpoint: "
+                       f"{describe_error(exc)}); "
+                       f"{_alternatives(path.parent, path.name)}") from None
+    missing = [k for k in ("config", "G") if not isinstance(payload, dict) or k not in payload]
+    if missing:
+        raise RunError(f"{path.name} in {run_dir} is not a generator checkpoint (no {', '.join(missing)}); "
+                       f"{_alternatives(path.parent, path.name)}")
+    return path, payload
+
+
+@C.typed_keywords
+def load_run(run_dir: str | Path, device: str | torch.device = "cpu",
+             which: Literal["final", "best", "snapshot"] = "final") -> tuple[Any, nn.Module]:
+    """``(TrainConfig, G)`` of a run, G in eval mode with its EMA weights when the run kept them.
+
+    ``which`` is ``"final"`` (default: ``network-final.pt``, else the last snapshot), ``"best"``
+    (``network-best.pt``, the lowest checkpoint KID) or ``"snapshot"``. Unreadable files, weights that
+    do not fit the saved config (another model family or shape) and missing keys are one-line RunErrors.
+    """
+    from .models import build_generator
+
+    path, payload = read_network(run_dir, which)
+    try:
+        cfg = train_config.from_dict(payload["config"])
+        G = build_generator(cfg)
+        G.load_state_dict(payload.get("G_ema", payload["G"]))
+    except (RuntimeError, KeyError, ValueError, TypeError, AttributeError, ConfigError) as exc:
+        raise RunError(f"{path.name} in {run_dir} does not fit its own config (another model family or shape: "
+                       f"{describe_error(exc)}); {_alternatives(path.parent, path.name)}") from None
     return cfg, G.to(device).eval().requires_grad_(False)
+
+
+def read_state(run_dir: Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """``training-state.pt`` of ``run_dir`` for a resume; a truncated, empty or foreign file is a
+    one-line RunError naming it and what is left: the intact ``network-snapshot.pt`` (inference
+    weights only: generate/evaluate with ``--which snapshot``) or a restart with ``--overwrite``."""
+    path = run_dir / STATE
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+    except Exception as exc:
+        raise RunError(unusable_state(run_dir, f"truncated, empty or not a checkpoint: {describe_error(exc)}")) from None
+    if not isinstance(state, dict):
+        raise RunError(unusable_state(run_dir, f"holds a {type(state).__name__}, not a training state"))
+    return state
+
+
+def unusable_state(run_dir: Path, why: str) -> str:
+    """The one-line message for a ``training-state.pt`` a resume cannot use, and what is left."""
+    snapshot = run_dir / NETWORK_SNAPSHOT
+    if snapshot.is_file() and _readable(snapshot):
+        left = (f"{NETWORK_SNAPSHOT} is intact (generator weights only; generate or evaluate with --which snapshot)"
+                ", or restart with --overwrite (overwrite=True)")
+    else:
+        left = f"no intact {NETWORK_SNAPSHOT} either; restart with --overwrite (overwrite=True)"
+    return f"cannot resume {run_dir}: {STATE} is unusable ({why}); {left}"
 
 
 @torch.no_grad()
@@ -219,6 +321,13 @@ def write_checkpoint(run_dir: Path, state: dict[str, Any], cfg: Any, G: nn.Modul
     atomic_save(network_payload(cfg, G, G_ema, kimg, epoch), run_dir / NETWORK_SNAPSHOT)
 
 
+def write_best(run_dir: Path, cfg: Any, G: nn.Module, G_ema: nn.Module | None, kimg: float, epoch: int,
+               score: dict[str, Any]) -> None:
+    """``network-best.pt``: the inference weights with the lowest checkpoint score so far, and the
+    score itself (``{"kid", "kid_std", "fid", "extractor", "n", "kimg", "iteration"}``); atomic."""
+    atomic_save({**network_payload(cfg, G, G_ema, kimg, epoch), "score": score}, run_dir / NETWORK_BEST)
+
+
 def write_final(run_dir: Path) -> None:
     """``network-final.pt``: the last snapshot's weights."""
     atomic_save(torch.load(run_dir / NETWORK_SNAPSHOT, map_location="cpu", weights_only=True),
@@ -242,13 +351,16 @@ def write_progress_gif(run_dir: Path, seconds_per_frame: float = 0.4) -> Path | 
 
 
 def write_figures(run_dir: Path, history: list[dict[str, Any]], ada_target: float | None) -> None:
-    """losses.png, scores.png and, with augmentation, augment.png (``ada_target`` drawn when adaptive)."""
+    """losses.png, scores.png, with checkpoint scoring scores_kid.png, and with augmentation augment.png
+    (``ada_target`` drawn when adaptive)."""
     if not history:
         return
     from . import plots  # matplotlib only once figures are due
 
     plots.training_losses(history, run_dir / "losses.png")
     plots.training_scores(history, run_dir / "scores.png")
+    if any(r.get("kid") is not None for r in history):
+        plots.checkpoint_kid(history, run_dir / "scores_kid.png")
     if any(r.get("augment_p") is not None for r in history):
         plots.augment_probability(history, run_dir / "augment.png", ada_target)
 
@@ -258,6 +370,9 @@ def write_figures(run_dir: Path, history: list[dict[str, Any]], ada_target: floa
 
 def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="run folder (holds network-final.pt or network-snapshot.pt)")
+    parser.add_argument("--which", default="final", choices=WHICH,
+                        help="weights: final (default; the last snapshot while training), best (network-best.pt, "
+                             "lowest checkpoint KID), snapshot")
     parser.add_argument("--n", type=int, default=1000, help="number of images (default 1000)")
     parser.add_argument("--out", required=True, help="output folder for the PNGs")
     parser.add_argument("--seed", type=int, default=0, help="latent seed (default 0)")
@@ -271,7 +386,7 @@ def cli_run(args: argparse.Namespace) -> int:
 
     if args.n < 1 or args.batch < 1:
         raise RunError("--n and --batch must be >= 1")
-    cfg, G = load_run(args.run, device=pick_device(args.device))
+    cfg, G = load_run(args.run, device=pick_device(args.device), which=args.which)
     images = sample(G, args.n, seed=args.seed, batch=args.batch)
     out = project_path(args.out)
     paths = write_pngs(images, out)

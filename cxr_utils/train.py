@@ -9,7 +9,7 @@ augmentation state, every RNG, the data-order generator, counters), so an interr
 ``resume=True`` ends bit-identical to an uninterrupted one on the same machine.
 
 History rows (``stats.jsonl``, one per iteration; ``history.csv``): ``iteration``, ``epoch``, ``kimg``,
-``time_s`` (training wall time), ``loss_D``, ``loss_G``, ``D_x``, ``D_G_z1`` (fakes scored in the D step,
+``time_s`` (training wall time, checkpoint scoring excluded), ``loss_D``, ``loss_G``, ``D_x``, ``D_G_z1`` (fakes scored in the D step,
 before D's update), ``D_G_z2`` (the same fakes in the G step, after it) -- D outputs as probabilities,
 named as in pytorch/examples -- and with augmentation ``augment_p`` and ``augment_rt`` (ADA's r_t).
 With ``n_dis > 1`` the G columns are empty on iterations without a G step.
@@ -53,7 +53,7 @@ from tqdm.auto import tqdm
 from . import config as C
 from . import device as dev
 from . import ada, distributed, runs
-from .errors import ConfigError, RunError
+from .errors import ConfigError, CXRError, DataError, RunError
 from .losses import GANSteps
 from .models import build_discriminator, build_generator, family
 from .paths import project_path
@@ -96,7 +96,9 @@ def training_images(cfg: TrainConfig, images: torch.Tensor | None = None, progre
     """The training set as one float32 (N, C, S, S) tensor in [-1, 1]: ``images`` or ``data.load``.
 
     The data never depend on ``cfg.seed`` (the phantom is rendered with its default seed, the
-    ``max_images`` subset is fixed), so runs that differ only in seed see the same images."""
+    ``max_images`` subset is fixed), so runs that differ only in seed see the same images. Images of
+    another shape, with NaN/inf pixels or outside [-1, 1] (0..255 floats), or fewer than one batch, are
+    refused (ConfigError, DataError) before anything trains."""
     if images is None:
         from .data import load
 
@@ -108,6 +110,13 @@ def training_images(cfg: TrainConfig, images: torch.Tensor | None = None, progre
     if images.dim() != 4 or tuple(images.shape[1:]) != expected:
         raise ConfigError(f"training images have shape {tuple(images.shape)}, config expects (N, *{expected})")
     images = images.float()
+    if not bool(torch.isfinite(images).all()):
+        bad = int((~torch.isfinite(images)).flatten(1).any(1).sum())
+        raise DataError(f"{bad} of {len(images)} training images hold NaN or inf pixels")
+    lo, hi = (float(v) for v in torch.aminmax(images)) if images.numel() else (0.0, 0.0)
+    if lo < -1 - 1e-3 or hi > 1 + 1e-3:  # e.g. 0..255 floats: the generator's tanh could never match them
+        raise DataError(f"training images must be scaled to [-1, 1], got values in [{lo:.4g}, {hi:.4g}] "
+                        "(images.from_uint8 converts 0..255)")
     if cfg.max_images and len(images) > cfg.max_images:
         keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
         images = images[keep[: cfg.max_images].sort().values]
@@ -168,6 +177,7 @@ class RunResult:
     epochs: int
     kimg: float
     seconds: float
+    best: dict[str, Any] | None = None  # the lowest checkpoint score (network-best.pt) when scoring was on
 
 
 @dataclass
@@ -257,13 +267,24 @@ def _private_rng(steps: Any, cfg: TrainConfig, iteration: int, phase: int) -> An
         yield
 
 
+@C.typed_keywords
 def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = None, resume: bool = False,
           overwrite: bool = False, progress: bool = True) -> RunResult:
     """Train ``cfg.model`` into the run folder ``out_dir`` (see the module docstring).
 
+    Every keyword goes through ``config.coerce`` (papermill passes ``overwrite="false"`` as a string:
+    it is False; ``"maybe"`` is a ConfigError), so the destructive ``overwrite`` acts on a real True only.
     Under torchrun every process calls this with the same arguments (the launcher does that for the
     CLI); each returns a RunResult, but only rank 0 writes the run folder.
+
+    Raises RunError when ``training-state.pt`` cannot be resumed (truncated, empty, another model or
+    shape, keys missing; the message names the intact ``network-snapshot.pt`` or ``--overwrite``), and
+    when the losses stop being finite: the check runs once per epoch on the already-collected stats,
+    names the first iteration and loss, and leaves the last checkpoint (``training-state.pt``,
+    ``network-snapshot.pt``) as it was, without writing ``network-final.pt``.
     """
+    if not isinstance(cfg, TrainConfig):
+        raise ConfigError(f"cfg must be a TrainConfig (train_config.make_config), got {type(cfg).__name__}")
     cfg.validate()
     run_dir = project_path(out_dir)
     device = dev.pick_device(cfg.device)
@@ -284,19 +305,32 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
     per_epoch = len(data) // cfg.batch_size
     local = distributed.batch_slice(cfg.batch_size, world.rank, world.world_size)
     epochs = math.ceil(cfg.kimg * 1000 / (per_epoch * cfg.batch_size)) if cfg.kimg else cfg.epochs
+    scorer = None  # offline: built at the first score, so short runs that never score pay nothing
+    if main and cfg.score_every_kimg > 0 and cfg.score_extractor != "offline":
+        scorer = _checkpoint_scorer(cfg, data, device)  # fail now, not after hours, when weights are missing
     parts = _build(cfg, device, amp_dtype, fmt)
     steps, G, G_ema, augment, count = parts.steps, parts.steps.G, parts.G_ema, parts.augment, parts.count
     history: list[dict[str, Any]] = []
+    best: dict[str, Any] | None = None  # the lowest checkpoint score so far (resumable)
     if resume:
-        state = torch.load(run_dir / runs.STATE, map_location=device, weights_only=True)
-        if state["data"] != fingerprint:
-            raise RunError(f"cannot resume {run_dir}: the training images differ from the saved run's")
-        saved_world = state.get("world_size", 1)
-        if saved_world != world.world_size and not getattr(steps, "rank_aware", False):
-            raise ConfigError(f"cannot resume this {cfg.model} run with {world.world_size} processes: it was "
-                              f"trained with {saved_world} (its step counters are per process)")
-        parts.load_state_dict(state)
-        count, history = parts.count, runs.read_history(run_dir, state["history_len"])
+        state = runs.read_state(run_dir, device)
+        try:
+            if state["data"] != fingerprint:
+                raise RunError(f"cannot resume {run_dir}: the training images differ from the saved run's")
+            saved_world = state.get("world_size", 1)
+            if saved_world != world.world_size and not getattr(steps, "rank_aware", False):
+                raise ConfigError(f"cannot resume this {cfg.model} run with {world.world_size} processes: it was "
+                                  f"trained with {saved_world} (its step counters are per process)")
+            parts.load_state_dict(state)
+            history_len, best = int(state["history_len"]), state.get("best")
+        except CXRError:
+            raise
+        except KeyError as exc:
+            raise RunError(runs.unusable_state(run_dir, f"key {exc} missing")) from None
+        except (RuntimeError, ValueError, TypeError, AttributeError) as exc:
+            raise RunError(runs.unusable_state(run_dir, f"it does not fit this {cfg.model} config, another model "
+                                                        f"family or shape? {runs.describe_error(exc)}")) from None
+        count, history = parts.count, runs.read_history(run_dir, history_len)
         distributed.barrier()  # every process has read the history before rank 0 rewrites it
         if main:
             runs.write_history(run_dir, history)
@@ -312,6 +346,11 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
         epochs = count.epoch  # resumed with its time already spent: nothing more to train
     bar = tqdm(total=epochs * per_epoch, initial=count.iteration, disable=not (progress and main), unit="it")
     start = time.perf_counter() - count.seconds
+    segment_start = count.seconds
+    scoring = main and cfg.score_every_kimg > 0  # rank 0 scores; its forks leave every shared stream alone
+    score_every = max(1, round(cfg.score_every_kimg * 1000))  # images between checkpoint scores
+    score_seconds = 0.0  # spent scoring in this call; not training time (time_s, time_budget_s exclude it)
+    checkpointed = count.epoch if resume else None  # epoch of the last checkpoint on disk
     with runs.open_stats(run_dir) if main else contextlib.nullcontext() as stats_file:
         for epoch in range(count.epoch + 1, epochs + 1):
             perm = torch.randperm(len(data), generator=parts.order).to(device)
@@ -331,14 +370,32 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
                 if augment is not None:
                     meta["augment_p"] = augment.p
                     meta["augment_rt"] = None if math.isnan(augment.r_t) else augment.r_t
+                if scoring and count.images // score_every > (count.images - cfg.batch_size) // score_every:
+                    tic = time.perf_counter()
+                    if scorer is None:
+                        scorer = _checkpoint_scorer(cfg, data, device)
+                    score = _score(scorer, G_ema if G_ema is not None else G, cfg, device)
+                    meta |= score
+                    if score["kid"] is not None and (best is None or score["kid"] < best["kid"]):
+                        best = {**score, "kimg": count.images / 1000, "iteration": count.iteration}
+                        runs.write_best(run_dir, cfg, G, G_ema, count.images / 1000, epoch, best)
+                    spent = time.perf_counter() - tic
+                    score_seconds, start = score_seconds + spent, start + spent
                 pending.append((meta, stats))
                 bar.update()
                 if main and (count.iteration % 10 == 0 or count.iteration == 1):
                     bar.set_postfix({k: f"{v.item():.3f}" for k, v in stats.items()}, refresh=False)
-            rows = _rows(pending)
+            rows, bad = _rows(pending)
             if main:
                 runs.append_stats(stats_file, rows)
             history += rows
+            if bad is not None:  # every process sees the same averaged stats, so all stop here
+                bar.close()
+                it, key, value = bad
+                kept = (f"the last good checkpoint ({runs.STATE}, {runs.NETWORK_SNAPSHOT} of epoch {checkpointed}) "
+                        "is unchanged" if checkpointed is not None else "no checkpoint had been written yet")
+                raise RunError(f"training diverged at iteration {it} (epoch {epoch}): {key} = {value}; stopped "
+                               f"without writing {runs.NETWORK_FINAL}; {kept}; lower lr_g/lr_d or change the recipe")
             count.epoch, count.seconds = epoch, time.perf_counter() - start
             # every process must agree to stop (their clocks differ slightly): stop when any is out of time
             out_of_time = cfg.time_budget_s is not None and bool(distributed.all_reduce_sum(
@@ -353,34 +410,77 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
                 if main:
                     runs.append_stats(stats_file, [], durable=True)  # the rows it counts outlive a crash
                     state = {**parts.state_dict(), "history_len": len(history), "data": fingerprint,
-                             "config": C.to_dict(cfg), "world_size": world.world_size}
+                             "config": C.to_dict(cfg), "world_size": world.world_size, "best": best}
                     runs.write_checkpoint(run_dir, state, cfg, G, G_ema, count.images / 1000, epoch)
                     runs.write_csv(run_dir, history)
+                checkpointed = epoch
                 distributed.barrier()  # nobody runs ahead of (or resumes from) a half-written checkpoint
             if out_of_time:
                 break
     bar.close()
+    if scorer is not None:
+        trained = count.seconds - segment_start  # this call's training time, scoring excluded
+        share = score_seconds / trained if trained > 0 else float("nan")
+        where = f"best KID {best['kid']:.4g} at {best['kimg']:.2f} kimg -> {runs.NETWORK_BEST}" if best else "no score"
+        print(f"checkpoint scoring ({cfg.score_extractor}, n={scorer.n}): {score_seconds:.1f} s "
+              f"(+{share:.1%} on this call's {trained:.0f} s of training); {where}")
     result = _finish(run_dir, cfg, G_ema if G_ema is not None else G, history, count, write=main)
+    result.best = best
     distributed.barrier()  # when train() returns on any process, the run folder is complete
     return result
+
+
+def _checkpoint_scorer(cfg: TrainConfig, data: torch.Tensor, device: torch.device) -> Any:
+    """``metrics.CheckpointScorer`` on the training images (``score_n`` of them, a subset seeded by
+    ``cfg.seed``) with ``score_extractor``; built under a forked RNG, so the run's streams are untouched."""
+    from .metrics import CheckpointScorer
+
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        return CheckpointScorer(data.cpu(), n=cfg.score_n, extractor=cfg.score_extractor, seed=cfg.seed,
+                                latent_dim=cfg.latent_dim)
+
+
+def _score(scorer: Any, G: nn.Module, cfg: TrainConfig, device: torch.device) -> dict[str, Any]:
+    """A history row's checkpoint score of ``G``: ``kid``, ``kid_std``, ``fid`` (in the scorer's feature
+    space, ``score_extractor``). The scorer's latents come from its own seeded generator; anything else a
+    forward draws (StyleGAN2's noise inputs) comes from the global RNG reseeded with ``cfg.seed`` inside
+    ``fork_rng``, so every call scores on the same inputs and the training streams are left exactly as
+    they were (a run with scoring trains the same weights as one without). A generator whose weights
+    are no longer finite gets no score (the loop stops on the losses at the end of the epoch)."""
+    if not all(bool(torch.isfinite(p).all()) for p in G.parameters()):
+        return {"kid": None, "kid_std": None, "fid": None, "score_extractor": cfg.score_extractor}
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.default_generator.manual_seed(cfg.seed)
+        if device.type == "cuda":
+            torch.cuda.manual_seed(cfg.seed)
+        result = scorer(G)
+    return {"kid": result["kid"], "kid_std": result["kid_std"], "fid": result["fid"],
+            "score_extractor": result["extractor"]}
 
 
 _STAT_KEYS = ("loss_D", "loss_G", "D_x", "D_G_z1", "D_G_z2")
 
 
-def _rows(pending: list[tuple[dict[str, Any], dict[str, torch.Tensor]]]) -> list[dict[str, Any]]:
-    """History rows of one epoch; device values fetched in one transfer. A stat missing on an
-    iteration (a skipped G step, a lazy regulariser not due) -> None. Family-specific stats (R1,
-    path length) follow the shared ones. Under torchrun the values are averaged over the processes
-    (one all-reduce per epoch); they are means over equal shares, so this gives the global batch's."""
+def _rows(pending: list[tuple[dict[str, Any], dict[str, torch.Tensor]]]
+          ) -> tuple[list[dict[str, Any]], tuple[int, str, float] | None]:
+    """History rows of one epoch, and the first non-finite stat as ``(iteration, name, value)`` (None
+    when all are finite). Device values are fetched in one transfer, which is also the whole cost of
+    the finiteness check (no sync per step). A stat missing on an iteration (a skipped G step, a lazy
+    regulariser not due) -> None; a stat that was computed but is NaN or inf is the divergence the
+    loop stops on. Family-specific stats (R1, path length) follow the shared ones. Under torchrun the
+    values are averaged over the processes (one all-reduce per epoch); they are means over equal
+    shares, so this gives the global batch's, and a NaN on any process reaches all of them."""
     if not pending:
-        return []
+        return [], None
     keys = list(dict.fromkeys([*_STAT_KEYS, *(k for _, s in pending for k in s)]))
     nan = torch.tensor(float("nan"), device=pending[0][1]["loss_D"].device)
     values = torch.stack([torch.stack([s.get(k, nan).float() for k in keys]) for _, s in pending])
     values = distributed.all_reduce_mean(values).tolist()
-    return [{**meta, **{k: (None if math.isnan(v) else v) for k, v in zip(keys, vals)}}
+    bad = next(((meta["iteration"], k, v) for (meta, s), vals in zip(pending, values)
+                for k, v in zip(keys, vals) if k in s and not math.isfinite(v)), None)
+    rows = [{**meta, **{k: (None if math.isnan(v) else v) for k, v in zip(keys, vals)}}
             for (meta, _), vals in zip(pending, values)]
+    return rows, bad
 
 
 def _finish(run_dir: Path, cfg: TrainConfig, G: nn.Module, history: list[dict[str, Any]],

@@ -83,6 +83,13 @@ class TrainConfig:
     n_fixed: int = C.option(64, "number of fixed latents for the sample grids")
     max_images: int | None = C.option(None, "cap on the data set size (a fixed random subset)")
     num_data: int | None = C.option(None, "phantom size when source is plain 'phantom'")
+    # Best-checkpoint scoring (metrics.CheckpointScorer): KID of the EMA generator on fixed latents
+    # against a fixed real subset, every score_every_kimg; the lowest is kept as network-best.pt.
+    score_every_kimg: float = C.option(0.0, "score the (EMA) generator by KID every this many kimg and keep "
+                                            "network-best.pt; 0 = off")
+    score_extractor: Literal["offline", "inception"] = C.option("offline", "features for the checkpoint KID: "
+                                                                "offline (fast statistics) or inception")
+    score_n: int = C.option(500, "generated and real images per checkpoint score")
 
     def validate(self) -> None:
         rules = [
@@ -115,6 +122,8 @@ class TrainConfig:
             (all(e >= 1 for e in self.grid_epochs), "grid_epochs must be >= 1"),
             (self.max_images is None or self.max_images >= 1, "max_images must be >= 1"),
             (self.num_data is None or self.num_data >= 1, "num_data must be >= 1"),
+            (self.score_every_kimg >= 0, f"score_every_kimg must be >= 0 (0 = off), got {self.score_every_kimg}"),
+            (self.score_n >= 2, f"score_n must be >= 2, got {self.score_n}"),
         ]
         for ok, message in rules:
             if not ok:
@@ -138,7 +147,10 @@ PRESETS: dict[str, dict[str, Any]] = {
     "stable": dict(model="dcgan", image_size=64, channels=3, latent_dim=128, base=64,
                    batch_size=128, epochs=25, lr_g=1e-4, lr_d=4e-4, beta1=0.5, beta2=0.999,
                    loss="hinge", spectral_norm=True, d_batchnorm=False, ema_kimg=2.0, ema_rampup=0.05,
-                   augment="diffaug", augment_p=0.3, n_dis=1, grid_epochs=(1, 10, 25)),
+                   augment="diffaug", augment_p=0.3, n_dis=1, grid_epochs=(1, 10, 25),
+                   # KID of the EMA generator every 2 kimg (24 scores in 25 epochs of phantom:2000), the best
+                   # kept as network-best.pt: measured about +3% on the training time at that size on CPU
+                   score_every_kimg=2.0),
 }
 
 
@@ -175,11 +187,13 @@ PRESETS |= {
 # The run folder's saved config (runs.OPTIONS names the same file; runs imports this module).
 OPTIONS = "training_options.json"
 
-# Fields that may differ when a run is resumed: they extend or observe training, never change it.
+# Fields that may differ when a run is resumed: they extend or observe training, never change it
+# (score_every_kimg only schedules the scorer; score_n and score_extractor define it, so they stay).
 RESUMABLE_CHANGES = frozenset({"epochs", "kimg", "time_budget_s", "checkpoint_every", "sample_every", "grid_epochs",
-                               "device", "compile"})
+                               "device", "compile", "score_every_kimg"})
 
 
+@C.typed_keywords
 def make_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
     """A preset plus overrides (Python values or CLI strings), validated.
 

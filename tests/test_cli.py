@@ -24,3 +24,18 @@ def test_every_subcommand_module_has_cli_hooks():
 def test_module_entry_point_help():
     res = subprocess.run([sys.executable, "-m", "cxr_utils", "--help"], capture_output=True, text=True)
     assert res.returncode == 0 and "data-report" in res.stdout
+
+
+def test_which_is_checked_and_a_missing_best_is_one_line(tmp_path, capsys):
+    import pytest
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "network-final.pt").write_bytes(b"")
+    assert cli.main(["generate", str(run), "--which", "best", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: no network-best.pt in") and "--score-every-kimg" in err and err.count("\n") == 1
+    with pytest.raises(SystemExit) as exit_:
+        cli.main(["generate", str(run), "--which", "newest", "--out", str(tmp_path / "o")])
+    assert exit_.value.code == 2 and "invalid choice: 'newest'" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()

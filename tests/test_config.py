@@ -159,3 +159,23 @@ def test_evaluate_reads_extractor_lists_in_every_form():
     for given in ("offline,clip", "['offline', 'clip']", ("offline", "clip")):
         with pytest.raises(ConfigError, match=r"unknown feature extractor\(s\) \['clip'\]"):
             evaluate.evaluate(None, None, None, extractors=given)
+
+
+@pytest.mark.parametrize("value", [float("inf"), float("-inf"), float("nan")])
+def test_non_finite_python_and_numpy_values_are_refused(value):
+    import numpy as np
+
+    for v in (value, np.float64(value), np.float32(value)):
+        with pytest.raises(ConfigError, match="expected a finite number"):
+            coerce("lr_g", v, float)
+        with pytest.raises(ConfigError, match="expected a finite number"):
+            coerce("kimg", v, float | None)
+    assert coerce("lr_g", np.float32(0.5), float) == 0.5 and coerce("lr_g", "2e-4", float) == 2e-4
+
+
+def test_typed_keywords_refuse_non_finite_floats_before_any_work(tmp_path):
+    from cxr_utils import evaluate
+
+    for text in ("nan", "-inf", "Infinity"):
+        with pytest.raises(ConfigError, match=f"^holdout_fraction: expected a finite number, got '{text}'$"):
+            evaluate.evaluate_run(tmp_path / "missing", holdout_fraction=text)

@@ -60,6 +60,7 @@ def test_stable_preset_has_every_ingredient():
     cfg = make_config("stable")
     assert cfg.spectral_norm and not cfg.d_batchnorm and cfg.loss in ("hinge", "ns")
     assert cfg.ema_kimg > 0 and cfg.lr_d > cfg.lr_g and cfg.augment == "diffaug" and cfg.augment_p > 0
+    assert cfg.score_every_kimg == 2.0 and cfg.score_extractor == "offline"  # best checkpoint kept
 
 
 @pytest.mark.parametrize("bad", [
@@ -339,3 +340,74 @@ def test_steps_match_a_plain_reference_loop(images):
     for mine, ref in [(G, G_ref), (D, D_ref)]:
         for (name, a), b in zip(mine.state_dict().items(), ref.state_dict().values()):
             assert torch.allclose(a.float(), b.float(), atol=1e-5, rtol=1e-4), name
+
+
+# ----------------------------------------------------------------------------- best checkpoint (KID)
+
+SCORED = dict(preset="stable", ema_kimg=0.05, score_every_kimg=0.032, score_n=24)  # a score every 2 iterations
+
+
+def test_scoring_keeps_the_best_checkpoint_and_which_best_loads_it(tmp_path, images):
+    from cxr_utils import metrics, runs
+
+    run = tmp_path / "run"
+    result = train(tiny(epochs=3, **SCORED), run, images=images, progress=False)
+    rows = [json.loads(x) for x in (run / "stats.jsonl").read_text().splitlines()]
+    scored = [r for r in rows if r.get("kid") is not None]
+    assert [r["iteration"] for r in scored] == [2, 4, 6, 8, 10, 12]  # every 32 images = 2 iterations of 16
+    assert all(r["score_extractor"] == "offline" and r["kid_std"] >= 0 for r in scored)
+    best_row = min(scored, key=lambda r: r["kid"])
+    payload = torch.load(run / "network-best.pt", weights_only=True)
+    assert payload["score"]["kid"] == best_row["kid"] and payload["score"]["iteration"] == best_row["iteration"]
+    assert payload["kimg"] == pytest.approx(best_row["kimg"]) and result.best["kid"] == best_row["kid"]
+    state = torch.load(run / "training-state.pt", weights_only=True)
+    assert state["best"] == payload["score"]
+    assert (run / "scores_kid.png").is_file() and (run / "network-final.pt").is_file()
+    # which="best" loads those EMA weights; an independent scorer gives them the recorded KID
+    cfg, G = runs.load_run(run, which="best")
+    assert all(torch.equal(G.state_dict()[k], v) for k, v in payload["G_ema"].items())
+    with torch.random.fork_rng():
+        torch.manual_seed(cfg.seed)
+        again = metrics.CheckpointScorer(images, n=24, extractor="offline", seed=cfg.seed)(G)
+    assert again["kid"] == pytest.approx(best_row["kid"], rel=1e-6, abs=1e-9)
+    _, G_final = runs.load_run(run, which="final")
+    if best_row["iteration"] != 12:
+        assert not all(torch.equal(G.state_dict()[k], v) for k, v in G_final.state_dict().items())
+    out = tmp_path / "gen"
+    assert cli.main(["generate", str(run), "--which", "best", "--n", "3", "--out", str(out)]) == 0
+    assert len(list(out.glob("sample_*.png"))) == 3
+
+
+def test_scoring_leaves_the_training_trajectory_unchanged(tmp_path, images):
+    plain, scored = tmp_path / "plain", tmp_path / "scored"
+    train(tiny(epochs=2, **{**SCORED, "score_every_kimg": 0}), plain, images=images, progress=False)
+    train(tiny(epochs=2, **SCORED), scored, images=images, progress=False)
+    a = torch.load(plain / "training-state.pt", weights_only=True)
+    b = torch.load(scored / "training-state.pt", weights_only=True)
+    for key in ("steps", "G_ema", "augment", "rng", "order", "history_len"):
+        assert_identical(a[key], b[key], key)
+    assert a["best"] is None and b["best"]["kid"] is not None
+    score_keys = {"kid", "kid_std", "fid", "score_extractor"}
+    h_plain = [json.loads(x) for x in (plain / "stats.jsonl").read_text().splitlines()]
+    h_scored = [{k: v for k, v in json.loads(x).items() if k not in score_keys}
+                for x in (scored / "stats.jsonl").read_text().splitlines()]
+    assert without_time(h_plain) == without_time(h_scored)
+    assert (plain / "samples/epoch_002.png").read_bytes() == (scored / "samples/epoch_002.png").read_bytes()
+    assert not (plain / "network-best.pt").exists()
+
+
+def test_resume_with_scoring_is_bit_identical(tmp_path, images):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    train(tiny(epochs=3, **SCORED), straight, images=images, progress=False)
+    train(tiny(epochs=1, **SCORED), split, images=images, progress=False)
+    train(tiny(epochs=3, **SCORED), split, images=images, resume=True, progress=False)
+    a = torch.load(straight / "training-state.pt", weights_only=True)
+    b = torch.load(split / "training-state.pt", weights_only=True)
+    for key in ("steps", "G_ema", "augment", "rng", "order", "history_len", "config", "best"):
+        assert_identical(a[key], b[key], key)
+    best_a = torch.load(straight / "network-best.pt", weights_only=True)
+    best_b = torch.load(split / "network-best.pt", weights_only=True)
+    assert_identical(best_a, best_b, "network-best")
+    h_straight = [json.loads(x) for x in (straight / "stats.jsonl").read_text().splitlines()]
+    h_split = [json.loads(x) for x in (split / "stats.jsonl").read_text().splitlines()]
+    assert without_time(h_split) == without_time(h_straight)
