@@ -11,7 +11,8 @@ NB_OUT := results/notebooks
 # The main job trains the stabilised preset: on the phantom the reference recipe (lungcancer-dcgan)
 # mode-collapses within 10 epochs, which notebook 02 reproduces with `-p preset lungcancer-dcgan`.
 MAIN_RUN := dcgan-stable-phantom
-PAPERMILL := $(PY) -m papermill --kernel python3 --progress-bar
+# --log-output streams every cell's output (training progress, one line per epoch) to the terminal
+PAPERMILL := $(PY) -m papermill --kernel python3 --log-output --no-progress-bar
 
 .PHONY: setup browser-deps run test notebooks clean-results help
 

@@ -415,6 +415,10 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
                     runs.write_csv(run_dir, history)
                 checkpointed = epoch
                 distributed.barrier()  # nobody runs ahead of (or resumes from) a half-written checkpoint
+            if main and progress:  # one line per epoch: what a log (papermill --log-output, CI) shows
+                losses = "  ".join(f"{k} {rows[-1][k]:.3f}" for k in ("loss_D", "loss_G") if k in rows[-1])
+                bar.write(f"epoch {epoch}/{epochs}  {count.images / 1000:.1f} kimg  {losses}  "
+                          f"{count.images / max(count.seconds, 1e-9):.0f} img/s  {count.seconds:.0f} s")
             if out_of_time:
                 break
     bar.close()
