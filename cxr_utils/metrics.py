@@ -38,6 +38,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, CXRError
+from .stats import seeded_subset
 
 
 class ExtractorUnavailable(CXRError):
@@ -670,10 +671,9 @@ class CheckpointScorer:
                               f"{len(real_images)} real")
         self.extractor = get_extractor(extractor, weights)
         self.n, self.seed, self.kid_subsets, self.batch_size = n, seed, kid_subsets, batch_size
-        gen = torch.Generator().manual_seed(seed)
         real = to_gray(real_images)
         if len(real) > n:
-            real = real[torch.randperm(len(real), generator=gen)[:n].sort().values]
+            real = real[torch.from_numpy(seeded_subset(len(real), n, seed))]
         self.size = tuple(real.shape[-2:])
         with contextlib.nullcontext() if self.extractor.multithreaded else single_threaded():
             self.real_features = self.extractor(real)

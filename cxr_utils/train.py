@@ -57,6 +57,7 @@ from .errors import ConfigError, CXRError, DataError, RunError
 from .losses import GANSteps
 from .models import build_discriminator, build_generator, family
 from .paths import project_path
+from .stats import seeded_subset
 from .train_config import PRESETS, TrainConfig, cli_add_arguments, config_from_args, make_config  # noqa: F401
 
 # The run folder's reader, here too for notebooks that read a run's history next to training it.
@@ -118,8 +119,7 @@ def training_images(cfg: TrainConfig, images: torch.Tensor | None = None, progre
         raise DataError(f"training images must be scaled to [-1, 1], got values in [{lo:.4g}, {hi:.4g}] "
                         "(images.from_uint8 converts 0..255)")
     if cfg.max_images and len(images) > cfg.max_images:
-        keep = torch.randperm(len(images), generator=torch.Generator().manual_seed(0))
-        images = images[keep[: cfg.max_images].sort().values]
+        images = images[torch.from_numpy(seeded_subset(len(images), cfg.max_images, seed=0))]
     if len(images) < cfg.batch_size:
         raise ConfigError(f"batch_size {cfg.batch_size} is larger than the data set ({len(images)} images)")
     return images.contiguous()
