@@ -24,8 +24,6 @@ import contextlib
 import functools
 import hashlib
 import math
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
@@ -38,6 +36,7 @@ from threadpoolctl import threadpool_limits
 from tqdm.auto import tqdm
 
 from .errors import ConfigError, CXRError
+from .paths import atomic_write
 from .stats import seeded_subset
 
 
@@ -298,15 +297,7 @@ def cached_features(ext: FeatureExtractor, images: torch.Tensor, cache_dir: str 
         except (OSError, ValueError):
             pass
     feats = ext(images, progress, desc)
-    folder.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, feats)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write(path, lambda f: np.save(f, feats))
     return feats
 
 

@@ -24,8 +24,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import importlib.metadata
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,6 +32,7 @@ import torch
 from torch import nn
 
 from .errors import ConfigError
+from .paths import atomic_save
 
 
 @dataclass(frozen=True)
@@ -159,18 +158,6 @@ def convert_inception_to_torch_fidelity(source: nn.Module) -> dict[str, torch.Te
     return out
 
 
-def _atomic_torch_save(obj: object, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def torch_fidelity_inception_weights(cache_dir: str | Path = CACHE_DIR) -> Path:
     """Path of the FID Inception weights in torch-fidelity's layout (converted once, then cached).
 
@@ -188,7 +175,7 @@ def torch_fidelity_inception_weights(cache_dir: str | Path = CACHE_DIR) -> Path:
                 return path
         except Exception:  # unreadable cache: rebuild it below
             pass
-    _atomic_torch_save(convert_inception_to_torch_fidelity(fid_inception()), path)
+    atomic_save(convert_inception_to_torch_fidelity(fid_inception()), path)
     return path
 
 

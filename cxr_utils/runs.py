@@ -22,9 +22,8 @@ import csv
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Literal
+from typing import IO, Any, Literal
 
 import numpy as np
 import torch
@@ -35,7 +34,7 @@ from . import config as C
 from . import images as I
 from . import train_config
 from .errors import ConfigError, RunError
-from .paths import project_path
+from .paths import atomic_save, project_path
 
 OPTIONS = train_config.OPTIONS  # "training_options.json"
 STATS = "stats.jsonl"
@@ -48,36 +47,6 @@ SAMPLES = "samples"
 # ``which`` generator weights to load: the newest (final, else the last snapshot), the best-scored
 # (``network-best.pt``, written when training scores checkpoints), or the last snapshot itself.
 WHICH = ("final", "best", "snapshot")
-
-
-def atomic_write(path: str | Path, write: Callable[[IO], None], binary: bool = True) -> None:
-    """Write a file that never exists half-written under ``path``, even on SIGKILL or power loss.
-
-    ``write`` fills a temporary file in the same folder, which is fsynced and then renamed over ``path``
-    (atomic on POSIX); the folder is fsynced so the rename itself is durable.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb" if binary else "w") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
-
-
-def atomic_save(obj: Any, path: str | Path) -> None:
-    """``torch.save`` through :func:`atomic_write`."""
-    atomic_write(path, lambda f: torch.save(obj, f))
 
 
 def network_payload(cfg: Any, G: nn.Module, G_ema: nn.Module | None, kimg: float, epoch: int) -> dict:

@@ -177,8 +177,8 @@ def grid(cfg: StudyConfig) -> list[Cell]:
 
 
 def write_json_atomic(obj: Any, path: Path) -> None:
-    """JSON through :func:`runs.atomic_write`: a crash never leaves a partial cell file."""
-    from .runs import atomic_write
+    """JSON through :func:`paths.atomic_write`: a crash never leaves a partial cell file."""
+    from .paths import atomic_write
 
     atomic_write(path, lambda f: json.dump(obj, f), binary=False)
 
