@@ -125,7 +125,7 @@ def test_resume_from_a_state_missing_a_key_is_one_line(run_dir, tmp_path, images
                                       (runs.NETWORK_SNAPSHOT, "text")])
 def test_broken_weights_are_one_line_for_load_run_generate_evaluate_and_explorer(run_dir, tmp_path, capsys,
                                                                                    name, how):
-    from cxr_utils import evaluate, widgets
+    from cxr_utils import evaluate, explorer
 
     run = broken_copy(run_dir, tmp_path / "run", name, how)
     which = "snapshot" if name == runs.NETWORK_SNAPSHOT else "final"
@@ -146,7 +146,7 @@ def test_broken_weights_are_one_line_for_load_run_generate_evaluate_and_explorer
     with pytest.raises(RunError, match=f"cannot read {name}"):
         evaluate.evaluate_run(run, tmp_path / "e", n=4, extractors="offline", which=which, progress=False)
     with pytest.raises(RunError, match=f"cannot read {name}"):
-        widgets.explorer_for_run(run, which=which)
+        explorer.explorer_for_run(run, which=which)
     assert snapshot(run) == before
 
 
