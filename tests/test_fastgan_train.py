@@ -263,3 +263,30 @@ def test_short_phantom_run_moves_toward_the_data_and_every_tool_reads_it(tmp_pat
     assert type(space).__name__ == "LatentSpace" and space.dim == 16
     strip = widgets.interpolation_strip(G, 0, 1, steps=3)
     assert strip.shape[:3] == (3, 64, 64) and strip.dtype == np.uint8
+
+
+def test_cli_generate_evaluate_compare_and_study_accept_fastgan(tmp_path, monkeypatch, capsys):
+    """`train --model fastgan --preset cpu` from the CLI, `generate` and evaluate's `--fake RUN` reader on
+    its run; compare's FastGAN contenders and the study's `fastgan-cpu` generator preset."""
+    from cxr_utils import cli, compare, evaluate, study
+
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "--model", "fastgan", "--preset", "cpu", "--source", "phantom:8", "--out", "run",
+            "--fastgan-width", "0.125", "--latent-dim", "8", "--batch-size", "4", "--kimg", "0.008",
+            "--n-fixed", "4", "--precision", "fp32", "--no-progress"]
+    assert cli.main(args) == 0
+    saved = json.loads((tmp_path / "run" / "training_options.json").read_text())
+    assert (saved["model"], saved["d_arch"], saved["augment_pipeline"], saved["channels"]) == (
+        "fastgan", "scratch", "radiograph", 1)
+    assert cli.main(["generate", "run", "--n", "3", "--out", "gen"]) == 0
+    assert len(list((tmp_path / "gen").glob("*.png"))) == 3
+    fake, info, cfg = evaluate.load_fake(str(tmp_path / "run"), 5, seed=0, image_size=None, progress=False)
+    assert fake.shape == (5, 1, 64, 64) and info["kind"] == "run" and cfg.model == "fastgan"
+    ccfg = compare.make_config(contenders=["FastGAN scratch", "FastGAN projected", "FastGAN hybrid"])
+    built = {n: compare.contender_config(ccfg, n, 1.0, 400) for n in ccfg.contenders}
+    assert [(c.model, c.d_arch, c.channels) for c in built.values()] == [
+        ("fastgan", "scratch", 3), ("fastgan", "projected", 3), ("fastgan", "hybrid", 3)]
+    assert compare.make_config().contenders == compare.STANDARD_CONTENDERS  # the default set is unchanged
+    scfg = study.make_study_config(generators=["fastgan-cpu"])
+    scfg.validate()
+    assert scfg.generators == ("fastgan-cpu",)
