@@ -1,10 +1,11 @@
 """What defines a training run: ``TrainConfig``, the named presets, and building one from CLI flags.
 
 ``make_config(preset, **overrides)`` is the way in (a preset plus Python values or CLI strings,
-validated); ``PRESETS`` holds the DCGAN references, the stabilised recipe and the StyleGAN2-ADA
-configurations; ``RESUMABLE_CHANGES`` names the fields a resumed run may change. StyleGAN2's
-architecture (``w_dim``, ``mapping_layers``, ``channel_base``, ``channel_max``, ``mbstd_group``) lives
-here as plain fields, which is all the networks read; ``sg2_arch`` names the ``STYLEGAN2_PRESETS``
+validated); ``PRESETS`` holds the DCGAN references, the stabilised recipe, the StyleGAN2-ADA
+configurations and FastGAN's (``fastgan-cpu``, ``fastgan-projected-gpu``); ``RESUMABLE_CHANGES``
+names the fields a resumed run may change. StyleGAN2's architecture (``w_dim``, ``mapping_layers``,
+``channel_base``, ``channel_max``, ``mbstd_group``) lives here as plain fields, which is all the
+networks read; ``sg2_arch`` names the ``STYLEGAN2_PRESETS``
 entry that sets them (``--sg2-arch tiny`` resets all five unless they are given as well).
 """
 
