@@ -53,6 +53,10 @@ PIPELINES: dict[str, tuple[str, ...]] = {
     "bgc-cutout": GEOMETRIC_OPS + COLOR_OPS + ("cutout",),
     # DiffAugment's colour + translation + cutout policy, with the ADA strengths.
     "diffaugment": ("brightness", "contrast", "saturation", "xint", "cutout"),
+    # DiffAugment for radiographs (FastGAN's default): translation, cutout, brightness and contrast.
+    # No flips or rotations (anatomy is lateralised: the heart sits left), no hue or saturation (gray
+    # has no chroma), no luma flip (an inverted radiograph is not a radiograph).
+    "radiograph": ("xint", "cutout", "brightness", "contrast"),
 }
 
 DEFAULT_STRENGTHS: dict[str, float] = dict(
@@ -294,14 +298,15 @@ def _warp(x: Tensor, theta: Tensor) -> Tensor:
 def from_train_config(cfg: Any) -> AdaptiveAugment:
     """The pipeline a training config asks for: ``augment`` is "diffaug" (fixed p) or "ada".
 
-    Reads ``augment_p`` and ``ada_target``, and when present ``augment_pipeline``, ``ada_interval``,
-    ``ada_kimg`` and ``ada_p_max``.
+    Reads ``augment_p`` and ``ada_target``, and when present ``augment_pipeline`` (a ``PIPELINES`` name;
+    None or absent: ``diffaugment`` for diffaug, ``bgc`` for ada), ``ada_interval``, ``ada_kimg`` and
+    ``ada_p_max``.
     """
     if cfg.augment not in ("diffaug", "ada"):
         raise ConfigError(f"augment must be 'diffaug' or 'ada' to build a pipeline, got {cfg.augment!r}")
     fixed = cfg.augment == "diffaug"
     return AdaptiveAugment(
-        pipeline=getattr(cfg, "augment_pipeline", "diffaugment" if fixed else "bgc"),
+        pipeline=getattr(cfg, "augment_pipeline", None) or ("diffaugment" if fixed else "bgc"),
         mode="fixed" if fixed else "ada", p=cfg.augment_p, target=cfg.ada_target,
         interval=getattr(cfg, "ada_interval", 4), kimg=getattr(cfg, "ada_kimg", 500),
         p_max=getattr(cfg, "ada_p_max", 0.8),

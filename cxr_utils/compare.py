@@ -31,13 +31,19 @@ from .errors import ConfigError
 from .paths import project_path
 from .stats import seeded_subset
 
-# name -> (train preset, overrides): the references, the stabilised DCGAN, StyleGAN2-ADA and its ablation.
+# name -> (train preset, overrides): the references, the stabilised DCGAN, StyleGAN2-ADA and its ablation,
+# and FastGAN with each of its three discriminators (3 channels, like every contender's images).
 DEFAULT_CONTENDERS: dict[str, tuple[str, dict[str, Any]]] = {
     "DCGAN lungcancer-dcgan": ("lungcancer-dcgan", {}),
     "DCGAN stable": ("stable", {}),
     "StyleGAN2-ADA": ("stylegan2-cpu-small", {}),
     "StyleGAN2 no ADA": ("stylegan2-cpu-small", {"augment": "none"}),
+    "FastGAN scratch": ("fastgan-cpu", {"channels": 3, "d_arch": "scratch", "recon_weight": 1.0}),
+    "FastGAN projected": ("fastgan-cpu", {"channels": 3, "d_arch": "projected", "recon_weight": 0.0}),
+    "FastGAN hybrid": ("fastgan-cpu", {"channels": 3, "d_arch": "hybrid", "recon_weight": 1.0}),
 }
+# What notebook 03 compares unless told otherwise (the FastGAN contenders are chosen by name).
+STANDARD_CONTENDERS = ("DCGAN lungcancer-dcgan", "DCGAN stable", "StyleGAN2-ADA", "StyleGAN2 no ADA")
 
 METRICS = ("fid", "fid_baseline", "kid", "swd", "precision", "recall", "msssim", "msssim_real",
            "copy_rate", "mode_collapse")
@@ -53,7 +59,8 @@ class CompareConfig:
     kimg: float = C.option(4.0, "equal image budget per contender, thousands of real images shown")
     milestones: int = C.option(4, "evaluations over training, evenly spaced in kimg")
     equal_wall_time: bool = C.option(True, "also train faster contenders to the slowest one's wall time")
-    contenders: tuple[str, ...] = C.option(tuple(DEFAULT_CONTENDERS), "names from DEFAULT_CONTENDERS")
+    contenders: tuple[str, ...] = C.option(STANDARD_CONTENDERS, "names from DEFAULT_CONTENDERS (FastGAN scratch, "
+                                                                "FastGAN projected, FastGAN hybrid too)")
     stylegan2_preset: str = C.option("stylegan2-cpu-small", "train preset of the StyleGAN2 contenders "
                                                             "(stylegan2-auto64 ... on a GPU)")
     n_eval: int = C.option(500, "generated images scored at each milestone (capped real sets too)")
@@ -273,6 +280,12 @@ def _trend(rows: list[dict[str, Any]], name: str, key: str = "fid") -> float:
     return (v1 - v0) / (k1 - k0) if k1 > k0 else float("nan")
 
 
+def _model(name: str) -> str:
+    """The model family of contender ``name``."""
+    preset, overrides = DEFAULT_CONTENDERS[name]
+    return overrides.get("model", train.PRESETS[preset]["model"])
+
+
 def verdict(comp: Comparison) -> str:
     """Plain-language conclusions computed from the measured rows (nothing here is written in advance)."""
     lines = []
@@ -305,8 +318,12 @@ def verdict(comp: Comparison) -> str:
         better = "helped" if ada["fid"] < no_ada["fid"] else "did not help"
         lines.append(f"ADA {better} StyleGAN2 at {ada['kimg']:.1f} kimg: FID {ada['fid']:.2f} with ADA "
                      f"(final p = {ada.get('augment_p', float('nan')):.3f}) vs {no_ada['fid']:.2f} without.")
-    sg2 = [n for n in image if DEFAULT_CONTENDERS[n][0].startswith("stylegan2")]
-    dc = [n for n in image if not DEFAULT_CONTENDERS[n][0].startswith("stylegan2")]
+    fg = sorted((n for n in image if _model(n) == "fastgan"), key=lambda n: image[n]["fid"])
+    if len(fg) > 1:
+        lines.append("FastGAN discriminators at the equal image budget, best first: "
+                     + "; ".join(f"{n} FID {image[n]['fid']:.2f}" for n in fg) + ".")
+    sg2 = [n for n in image if _model(n) == "stylegan2"]
+    dc = [n for n in image if _model(n) == "dcgan"]
     if sg2 and dc:
         s = min(sg2, key=lambda n: image[n]["fid"])
         d = min(dc, key=lambda n: image[n]["fid"])

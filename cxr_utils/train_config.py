@@ -1,10 +1,11 @@
 """What defines a training run: ``TrainConfig``, the named presets, and building one from CLI flags.
 
 ``make_config(preset, **overrides)`` is the way in (a preset plus Python values or CLI strings,
-validated); ``PRESETS`` holds the DCGAN references, the stabilised recipe and the StyleGAN2-ADA
-configurations; ``RESUMABLE_CHANGES`` names the fields a resumed run may change. StyleGAN2's
-architecture (``w_dim``, ``mapping_layers``, ``channel_base``, ``channel_max``, ``mbstd_group``) lives
-here as plain fields, which is all the networks read; ``sg2_arch`` names the ``STYLEGAN2_PRESETS``
+validated); ``PRESETS`` holds the DCGAN references, the stabilised recipe, the StyleGAN2-ADA
+configurations and FastGAN's (``fastgan-cpu``, ``fastgan-projected-gpu``); ``RESUMABLE_CHANGES``
+names the fields a resumed run may change. StyleGAN2's architecture (``w_dim``, ``mapping_layers``,
+``channel_base``, ``channel_max``, ``mbstd_group``) lives here as plain fields, which is all the
+networks read; ``sg2_arch`` names the ``STYLEGAN2_PRESETS``
 entry that sets them (``--sg2-arch tiny`` resets all five unless they are given as well).
 """
 
@@ -15,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal, Mapping
 
+from . import ada
 from . import config as C
 from .errors import ConfigError
 from .models import MODELS
@@ -70,6 +72,15 @@ class TrainConfig:
     r1_interval: int = C.option(16, "D steps between lazy R1 steps")
     pl_weight: float = C.option(0.0, "path-length regularisation weight (StyleGAN2); 0 = off")
     style_mixing: float = C.option(0.0, "style-mixing probability (StyleGAN2)")
+    # FastGAN (models/fastgan.py, models/fastgan_loss.py)
+    fastgan_width: float = C.option(1.0, "FastGAN width multiplier on the generator and scratch-D channel tables")
+    d_arch: Literal["scratch", "projected", "hybrid"] = C.option(
+        "scratch", "FastGAN discriminator: scratch (multi-scale SN heads), projected (frozen EfficientNet-Lite0 "
+                   "features) or hybrid (both)")
+    feature_size: int = C.option(128, "FastGAN projected D: images are resized to this side for EfficientNet-Lite0")
+    recon_weight: float = C.option(0.0, "FastGAN scratch D: weight of the L1 reconstruction loss; 0 = off")
+    augment_pipeline: str | None = C.option(None, "ada.PIPELINES name (e.g. radiograph); None: diffaugment for "
+                                                  "diffaug, bgc for ada")
     n_dis: int = C.option(1, "D steps per G step")
     sync_batchnorm: bool = C.option(False, "under torchrun: BatchNorm statistics over all processes (CUDA only)")
     seed: int = C.option(0, "seeds weights, latents, data order and augmentation (not the data itself)")
@@ -118,6 +129,17 @@ class TrainConfig:
             (self.model != "stylegan2" or self.loss == "ns", "stylegan2 trains with loss='ns' (logistic)"),
             (self.model != "stylegan2" or not self.compile, "compile is wired for dcgan only"),
             (0 <= self.augment_p <= 1 and 0 < self.ada_target < 1, "augment_p in [0, 1], ada_target in (0, 1)"),
+            (self.augment_pipeline is None or self.augment_pipeline in ada.PIPELINES,
+             f"augment_pipeline must be one of {list(ada.PIPELINES)} or None"),
+            (self.model != "fastgan" or self.image_size in (64, 128, 256), "fastgan image_size must be 64, 128 or 256"),
+            (self.model != "fastgan" or self.loss == "hinge", "fastgan trains with loss='hinge'"),
+            (self.model != "fastgan" or not self.compile, "compile is wired for dcgan only"),
+            (self.fastgan_width > 0, "fastgan_width must be > 0"),
+            (self.d_arch in ("scratch", "projected", "hybrid"), "d_arch must be scratch, projected or hybrid"),
+            (self.feature_size >= 32, "feature_size must be >= 32"),
+            (self.recon_weight >= 0, "recon_weight must be >= 0"),
+            (self.model != "fastgan" or self.recon_weight == 0 or self.d_arch != "projected",
+             "recon_weight > 0 needs a scratch part: d_arch scratch or hybrid (or recon_weight 0)"),
             (self.sample_every >= 1 and self.checkpoint_every >= 1, "sample_every, checkpoint_every >= 1"),
             (all(e >= 1 for e in self.grid_epochs), "grid_epochs must be >= 1"),
             (self.max_images is None or self.max_images >= 1, "max_images must be >= 1"),
@@ -184,6 +206,30 @@ PRESETS |= {
     "stylegan2-paper256": stylegan2_preset("paper256", 256, kimg=1000),
 }
 
+def fastgan_preset(**values: Any) -> dict[str, Any]:
+    """A FastGAN preset as TrainConfig values: FastGAN's optimiser (Adam 2e-4 for G and D, betas
+    (0.5, 0.999)), hinge loss, the EMA of G with ramp-up, and the radiograph DiffAugment pipeline at a
+    fixed p; ``values`` set the size, width, discriminator and budget."""
+    return dict(model="fastgan", lr_g=2e-4, lr_d=2e-4, beta1=0.5, beta2=0.999, loss="hinge",
+                spectral_norm=False, d_batchnorm=False, augment="diffaug", augment_pipeline="radiograph",
+                n_dis=1, **values)
+
+
+# FastGAN: `--model fastgan --preset cpu` finds "fastgan-cpu" (chosen by measurement, see
+# benchmarks/README.md), `--preset projected-gpu` finds "fastgan-projected-gpu".
+PRESETS |= {
+    "fastgan-cpu": fastgan_preset(image_size=64, channels=1, latent_dim=128, fastgan_width=0.5, d_arch="scratch",
+                                  feature_size=64, recon_weight=1.0, batch_size=16, kimg=20, ema_kimg=1.0,
+                                  ema_rampup=0.05, augment_p=0.5, grid_epochs=(1,)),
+    "fastgan-projected-gpu": fastgan_preset(image_size=256, channels=1, latent_dim=256, fastgan_width=1.0,
+                                            d_arch="projected", feature_size=224, recon_weight=0.0, batch_size=32,
+                                            kimg=500, ema_kimg=10.0, ema_rampup=0.05, augment_p=1.0,
+                                            checkpoint_every=10, grid_epochs=(1,)),
+}
+
+# Where `make_config(model=...)` starts when no preset is named.
+DEFAULT_PRESETS = {"stylegan2": "stylegan2-cpu-small", "fastgan": "fastgan-cpu"}
+
 # The run folder's saved config (runs.OPTIONS names the same file; runs imports this module).
 OPTIONS = "training_options.json"
 
@@ -198,12 +244,13 @@ def make_config(preset: str | None = None, **overrides: Any) -> TrainConfig:
     """A preset plus overrides (Python values or CLI strings), validated.
 
     A preset may be named without its model prefix when ``model`` is given (``model="stylegan2",
-    preset="cpu-small"``); ``model="stylegan2"`` alone starts from ``stylegan2-cpu-small``.
+    preset="cpu-small"``; ``model="fastgan", preset="cpu"``); ``model="stylegan2"`` alone starts from
+    ``stylegan2-cpu-small``, ``model="fastgan"`` from ``fastgan-cpu`` (``DEFAULT_PRESETS``).
     """
     model = overrides.get("model")
     if model and model != "dcgan":
         if preset is None:
-            preset = f"{model}-cpu-small"
+            preset = DEFAULT_PRESETS.get(model, f"{model}-cpu-small")
         elif preset not in PRESETS and f"{model}-{preset}" in PRESETS:
             preset = f"{model}-{preset}"
     cfg = C.from_preset(TrainConfig, PRESETS, preset, overrides)
@@ -243,7 +290,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
 def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
     """``train``'s flags: the run folder, resume/overwrite, and one flag per TrainConfig field."""
     parser.add_argument("--preset", default=None, metavar="NAME",
-                        help=f"starting point: {', '.join(PRESETS)} (with --model stylegan2 the prefix may be "
+                        help=f"starting point: {', '.join(PRESETS)} (with --model stylegan2 or fastgan the prefix may be "
                              "dropped; default: the saved config when resuming, else TrainConfig defaults)")
     parser.add_argument("--out", required=True, help="run folder, e.g. results/RUN")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its checkpoint")

@@ -20,6 +20,7 @@ from ..errors import ConfigError
 MODELS: dict[str, str] = {
     "dcgan": "cxr_utils.models.dcgan",
     "stylegan2": "cxr_utils.models.stylegan2",
+    "fastgan": "cxr_utils.models.fastgan",
 }
 
 

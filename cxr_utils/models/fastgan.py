@@ -1,6 +1,8 @@
 """FastGAN generator and three discriminators for few-shot training: from scratch, projected, hybrid.
 
-Networks only: losses, DiffAugment and the training steps live elsewhere. Written from the papers:
+Networks here; the training step (hinge loss per head, L1 reconstruction) is
+``models/fastgan_loss.FastGANSteps``, exported as ``Steps`` for the model registry, and DiffAugment is
+``ada.py``'s pipeline at a fixed p. Written from the papers:
 
 * FastGAN -- Liu et al. 2021, "Towards Faster and Stabilized GAN Training for High-fidelity Few-shot
   Image Synthesis" (ICLR): a light generator whose upsampling blocks are nearest x2, 3x3 conv,
@@ -56,6 +58,7 @@ ones (``["scratch8", "scratch4", "proj0", ..., "proj3"]``).
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterator, Sequence
 from typing import Any
@@ -66,6 +69,7 @@ from torch import Tensor, nn
 from torch.nn.utils.parametrizations import spectral_norm
 
 from ..errors import ConfigError
+from .fastgan_loss import FastGANSteps as Steps  # noqa: F401  (the family's training step)
 
 IMAGE_SIZES = (64, 128, 256)
 D_ARCHS = ("scratch", "projected", "hybrid")
@@ -491,7 +495,9 @@ def trainable_parameters(module: nn.Module) -> Iterator[nn.Parameter]:
 
 def default_feature_network() -> nn.Module:
     """ImageNet EfficientNet-Lite0 from ``cxr_utils.pretrained``: ``efficientnet_lite0_features()`` if
-    defined, else ``efficientnet_lite0()`` (a timm model; its intermediates are used).
+    defined, else ``efficientnet_lite0(features_only=True)`` where the loader takes that argument (the
+    stage maps only: no unused head weights in D's state), else ``efficientnet_lite0()`` (a timm
+    model; its intermediates are used).
 
     Raises:
         ConfigError: that loader is not available.
@@ -504,6 +510,8 @@ def default_feature_network() -> nn.Module:
     for name in ("efficientnet_lite0_features", "efficientnet_lite0"):
         loader = getattr(pretrained, name, None)
         if loader is not None:
+            if name == "efficientnet_lite0" and "features_only" in inspect.signature(loader).parameters:
+                return loader(features_only=True)
             return loader()
     raise ConfigError("cxr_utils.pretrained has neither efficientnet_lite0_features nor efficientnet_lite0")
 
@@ -518,8 +526,10 @@ def build_generator(cfg: Any) -> Generator:
 def build_discriminator(cfg: Any, feature_network: nn.Module | None = None) -> nn.Module:
     """The discriminator ``cfg.d_arch`` names (``scratch`` default, ``projected``, ``hybrid``).
 
-    Reads ``image_size``, ``channels``, ``fastgan_width`` and ``feature_size`` (default 128). The
-    projected and hybrid kinds use ``feature_network`` if given, else :func:`default_feature_network`.
+    Reads ``image_size``, ``channels``, ``fastgan_width``, ``feature_size`` (default 128) and
+    ``recon_weight`` (the scratch part gets its reconstruction decoder unless it is 0; default: with
+    decoder). The projected and hybrid kinds use ``feature_network`` if given, else
+    :func:`default_feature_network`.
 
     Raises:
         ConfigError: unknown ``d_arch`` or any invalid size/width.
@@ -529,7 +539,8 @@ def build_discriminator(cfg: Any, feature_network: nn.Module | None = None) -> n
         raise ConfigError(f"unknown d_arch {arch!r}; choose from {', '.join(D_ARCHS)}")
     size, channels = getattr(cfg, "image_size", 64), getattr(cfg, "channels", 3)
     width = getattr(cfg, "fastgan_width", 1.0)
-    scratch = ScratchDiscriminator(size, channels, width) if arch != "projected" else None
+    decoder = getattr(cfg, "recon_weight", 1.0) > 0
+    scratch = ScratchDiscriminator(size, channels, width, decoder) if arch != "projected" else None
     if arch == "scratch":
         return scratch
     net = feature_network if feature_network is not None else default_feature_network()
