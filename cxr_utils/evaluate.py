@@ -36,6 +36,10 @@ from .stats import seeded_subset
 DEFAULT_EXTRACTORS = ("offline", "inception", "xrv")
 FEATURE_CACHE = "data/cache/features"
 C2ST_AUTO_MIN = 50  # generated and held-out images each, for C2ST to run by default
+# Inception-v3 at 299 px runs at a few images/s on a 2-core CPU: deep extractors see a seeded subset of
+# at most this many images per set by default (FID is biased upward at small n, so read it only beside
+# its real baseline, which is computed at the same n). None: every image (what a GPU can afford).
+DEEP_MAX = 500
 N_CLOSEST = 8
 
 
@@ -45,6 +49,13 @@ def _check_images(name: str, images: torch.Tensor, minimum: int) -> torch.Tensor
     if len(images) < minimum:
         raise DataError(f"{name}: need at least {minimum} images, got {len(images)}")
     return M.to_gray(images)
+
+
+def _at_most(images: torch.Tensor, n: int | None, seed: int) -> torch.Tensor:
+    """``images``, or a seeded subset of ``n`` of them (``stats.seeded_subset``) when there are more."""
+    if n is None or len(images) <= n:
+        return images
+    return images[torch.from_numpy(seeded_subset(len(images), n, seed))]
 
 
 def _counts(n_real: int, n_fake: int, seed: int, extractor: str | None = None, **extra: Any) -> dict:
@@ -101,7 +112,7 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
              collapse_margin: float = 0.1, copy_percentile: float = 1.0,
              provenance: Mapping[str, Any] | None = None, c2st: bool | None = None, c2st_max_seeds: int = 20,
              c2st_max_per_set: int = 1000, c2st_steps: int = 150,
-             feature_cache: str | Path | None = FEATURE_CACHE) -> dict:
+             feature_cache: str | Path | None = FEATURE_CACHE, deep_max: int | None = DEEP_MAX) -> dict:
     """Every metric of generated ``fake`` images against real ones, as a JSON-ready dict.
 
     ``real_train`` are the images the generator learnt from, ``real_holdout`` real images kept apart
@@ -112,7 +123,9 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
     figures are written; ``provenance`` (where the images came from) is stored in the result as given.
 
     Features of the real sets from deep extractors (Inception) are cached in ``feature_cache`` (None:
-    no cache), keyed by the exact images and the extractor (see ``metrics.cached_features``).
+    no cache), keyed by the exact images and the extractor (see ``metrics.cached_features``). Deep
+    extractors see a seeded subset of at most ``deep_max`` images per set (None: all); the counts each
+    metric reports are the images it used.
     With ``c2st`` (default None: when at least ``C2ST_AUTO_MIN`` generated and held-out images are
     given; below that its test part is too small to say much) the classifier two-sample test (``cxr_utils.c2st``, Lopez-Paz & Oquab 2017) runs
     real vs generated and, as its floor, real vs held-out real (up to ``c2st_max_per_set`` images per
@@ -149,10 +162,12 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
                 result[key][name] = {"skipped": str(exc)}
             continue
         result["extractors"][name] = {"preprocessing": ext.preprocessing}
+        cap = deep_max if ext.multithreaded else None  # multithreaded marks a deep network
+        sub_train, sub_hold, sub_gen = (_at_most(x, cap, seed) for x in (train, holdout, gen))
         with contextlib.nullcontext() if ext.multithreaded else M.single_threaded():
             f_train, f_hold = (M.cached_features(ext, x, feature_cache, progress, f"features[{name}] {what}")
-                               for x, what in ((train, "real"), (holdout, "held-out")))
-            f_fake = ext(gen, progress, f"features[{name}] generated")
+                               for x, what in ((sub_train, "real"), (sub_hold, "held-out")))
+            f_fake = ext(sub_gen, progress, f"features[{name}] generated")
         result["extractors"][name]["dim"] = int(f_train.shape[1])
         with M.single_threaded():
             per = _feature_metrics(name, f_train, f_hold, f_fake, seed, k_precision_recall,
@@ -356,11 +371,6 @@ def _is_run(path: Path) -> bool:
     return any((path / name).is_file() for name in (runs.NETWORK_FINAL, runs.NETWORK_SNAPSHOT, runs.NETWORK_BEST))
 
 
-def _random_subset(images: torch.Tensor, n: int, seed: int) -> torch.Tensor:
-
-    return images if len(images) <= n else images[torch.from_numpy(seeded_subset(len(images), n, seed))]
-
-
 def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
     if images.shape[-1] == size and images.shape[-2] == size:
         return images
@@ -390,7 +400,7 @@ def load_fake(fake: str, n: int, seed: int, image_size: int | None, progress: bo
     else:
         ds = data.load(str(path), image_size=image_size or 64, channels=1, dedup=False, cache=False,
                        progress=progress, keep_constant=True)
-        images, cfg = _random_subset(ds.images, n, seed), None
+        images, cfg = _at_most(ds.images, n, seed), None
         info = {"kind": "folder", "path": str(fake), "files": len(ds)}
     size = image_size or int(images.shape[-1])
     if images.shape[-1] != size:

@@ -86,6 +86,14 @@ def test_inception_runs_by_default_with_baselines_and_a_feature_cache(tmp_path, 
     assert "skipped" in d["c2st"]  # too few images for C2ST by default
     assert "fid_inception" in capsys.readouterr().out  # the summary is printed
 
+    # deep_max: Inception sees seeded subsets of at most 4 images per set, the offline extractor all of them
+    capped = evaluate(train, holdout, fake, extractors="offline,inception", seed=0, feature_cache=None,
+                      progress=False, k_precision_recall=2, k_density_coverage=2, deep_max=4)
+    fid = capped["fid"]["inception"]
+    assert (fid["n_real"], fid["n_fake"], fid["n_holdout"]) == (4, 4, 4)
+    assert (capped["fid"]["offline"]["n_real"], capped["fid"]["offline"]["n_fake"]) == (6, 5)
+    assert capped["fid"]["offline"]["value"] == pytest.approx(d["fid"]["offline"]["value"])
+
 def test_a_generator_collapsed_onto_a_training_image_is_flagged_twice(real):
     train, holdout = real
     g = torch.Generator().manual_seed(0)
