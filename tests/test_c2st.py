@@ -1,6 +1,5 @@
 """Classifier two-sample test: calibration on equal distributions, power on blurred images, the maths."""
 
-import math
 
 import numpy as np
 import pytest
@@ -12,6 +11,7 @@ from cxr_utils import c2st as C
 from cxr_utils import phantom
 from cxr_utils.errors import DataError
 from cxr_utils.metrics import single_threaded
+from helpers import gaussian_blur
 
 
 @pytest.fixture(autouse=True)
@@ -26,12 +26,7 @@ def _phantom(n: int, seed: int) -> torch.Tensor:
     return F.interpolate(x, size=(32, 32), mode="area")
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = math.ceil(3 * sigma)
-    t = torch.arange(-r, r + 1, dtype=torch.float32)
-    g = torch.exp(-t * t / (2 * sigma * sigma))
-    k = g[:, None] * g[None, :] / g.sum() ** 2
-    return F.conv2d(F.pad(x, (r, r, r, r), mode="reflect"), k[None, None])
+_blur = gaussian_blur
 
 
 @pytest.fixture(scope="module")

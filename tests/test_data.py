@@ -21,6 +21,7 @@ from cxr_utils import cli, data, phantom
 from cxr_utils.images import from_uint8, to_uint8
 from cxr_utils.errors import DataError
 from cxr_utils.paths import project_path, repo_root
+from helpers import image_u8, load_small, one_line
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -85,21 +86,7 @@ def _dicom_bytes(pixels: np.ndarray | None, photometric: str = "MONOCHROME2", ts
     return buf.getvalue()
 
 
-def _load(source, tmp_path: Path, **kw) -> data.CXRDataset:
-    kw.setdefault("image_size", 32)
-    kw.setdefault("cache_dir", tmp_path / "cache")
-    kw.setdefault("progress", False)
-    return data.load(str(source), **kw)
-
-
-def _u8(ds: data.CXRDataset, i: int = 0) -> np.ndarray:
-    return to_uint8(ds.images[i, 0]).numpy().astype(int)
-
-
-def _one_line_error(excinfo) -> str:
-    msg = str(excinfo.value)
-    assert msg and "\n" not in msg
-    return msg
+_load, _u8, _one_line_error = load_small, image_u8, one_line
 
 
 # ---------------------------------------------------------------------------------------------

@@ -12,8 +12,8 @@ from PIL import Image
 
 from cxr_utils import data
 from cxr_utils.errors import ConfigError, DataError
-from cxr_utils.images import to_uint8
 from cxr_utils.splits import patient_id_from_name
+from helpers import image_u8, load_small, one_line
 
 
 def _ramp(seed: int, size: int = 32) -> np.ndarray:
@@ -26,21 +26,7 @@ def _save(path: Path, array: np.ndarray, **kw) -> Path:
     return path
 
 
-def _load(source, tmp_path: Path, **kw) -> data.CXRDataset:
-    kw.setdefault("image_size", 32)
-    kw.setdefault("cache_dir", tmp_path / "cache")
-    kw.setdefault("progress", False)
-    return data.load(str(source), **kw)
-
-
-def _u8(ds: data.CXRDataset, i: int = 0) -> np.ndarray:
-    return to_uint8(ds.images[i, 0]).numpy().astype(int)
-
-
-def _one_line(excinfo) -> str:
-    msg = str(excinfo.value)
-    assert msg and "\n" not in msg
-    return msg
+_load, _u8, _one_line = load_small, image_u8, one_line
 
 
 def _dicom(pixels: np.ndarray, preamble: bool = True, photometric: str = "MONOCHROME2", **elements) -> bytes:

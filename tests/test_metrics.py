@@ -1,6 +1,5 @@
 """Metric maths against independent computations, and the feature extractors' contracts."""
 
-import math
 import sys
 import types
 
@@ -14,6 +13,7 @@ from cxr_utils import metrics as M
 from cxr_utils import phantom
 from cxr_utils.metrics import single_threaded
 from cxr_utils.errors import ConfigError
+from helpers import gaussian_blur
 
 
 @pytest.fixture(autouse=True)
@@ -183,12 +183,7 @@ def test_sliced_wasserstein_of_a_shift_is_the_shift():
 # --------------------------------------------------------------------------------------------- ranking
 
 
-def _blur(x: torch.Tensor, sigma: float) -> torch.Tensor:
-    r = math.ceil(3 * sigma)
-    t = torch.arange(-r, r + 1, dtype=torch.float32)
-    g = torch.exp(-t * t / (2 * sigma * sigma))
-    k = g[:, None] * g[None, :] / g.sum() ** 2
-    return F.conv2d(F.pad(x, (r, r, r, r), mode="reflect"), k[None, None])
+_blur = gaussian_blur
 
 
 def test_offline_metrics_rank_split_below_degraded_below_collapsed():
