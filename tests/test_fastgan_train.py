@@ -20,7 +20,7 @@ import torch.nn.functional as F
 
 from helpers import assert_identical
 
-from cxr_utils import phantom, pretrained, runs, widgets
+from cxr_utils import explorer, phantom, pretrained, runs
 from cxr_utils.ada import AdaptiveAugment, from_train_config
 from cxr_utils.errors import ConfigError
 from cxr_utils.images import from_uint8
@@ -259,9 +259,9 @@ def test_short_phantom_run_moves_toward_the_data_and_every_tool_reads_it(tmp_pat
     last = _distance_to_data(runs.sample(G, 64, seed=3), held_out)
     assert last < 0.6 * first, (first, last)
     # the latent explorer works in z-space on it
-    space = widgets.latent_space(G)
+    space = explorer.latent_space(G)
     assert type(space).__name__ == "LatentSpace" and space.dim == 16
-    strip = widgets.interpolation_strip(G, 0, 1, steps=3)
+    strip = explorer.interpolation_strip(G, 0, 1, steps=3)
     assert strip.shape[:3] == (3, 64, 64) and strip.dtype == np.uint8
 
 
