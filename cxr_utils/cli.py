@@ -20,6 +20,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("cxr_utils.train", "train a GAN into a run folder (resumable)"),
     "generate": ("cxr_utils.runs", "write PNG samples and a grid from a trained run"),
     "evaluate": ("cxr_utils.evaluate", "FID/KID, precision/recall, diversity and memorisation audit"),
+    "compare": ("cxr_utils.compare", "train generator recipes on the same images and budgets, score them"),
     "study": ("cxr_utils.study", "the synthetic-augmentation classifier study"),
     "sweep": ("cxr_utils.sweep", "run a notebook over a parameter grid with papermill"),
 }

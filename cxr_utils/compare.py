@@ -9,13 +9,27 @@ trained on until their training time matches the slowest contender's (the kimg t
 the loop's ``time_budget_s``: training stops at the end of the first epoch past the slowest contender's
 training time, so the times match to within one epoch; the achieved seconds are reported).
 
+With ``seconds`` set, the equal wall-time budget is that many seconds of training for every contender
+(the comparison of record uses 600 s: what a CPU user can give each recipe), the loop stops after the
+iteration that reaches it.
+
+Every row is scored on images the generator never trained on: FID/KID/precision/recall of each
+extractor in ``extractors`` (offline radiograph statistics, and Inception-v3 by default) against the
+held-out part with the real-vs-held-out baseline, MS-SSIM diversity, the copy rate, and the classifier
+two-sample test (C2ST, Lopez-Paz & Oquab 2017) of held-out real vs generated with its floor (held-out
+real vs training real, computed once per comparison). Contenders do not score checkpoints while they
+train: every row is the EMA generator at that budget (the *final* checkpoint of that segment).
+
 Rows (one per contender and milestone) are appended to ``rows.jsonl`` in the output folder as they are
 measured; a re-run skips measured milestones and resumes the training runs, so an interrupted
 comparison loses at most the segment in progress.
+
+``python -m cxr_utils compare --out results/compare-phantom --source phantom:2000 --seconds 600 ...``
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from dataclasses import dataclass, field
@@ -46,7 +60,7 @@ DEFAULT_CONTENDERS: dict[str, tuple[str, dict[str, Any]]] = {
 STANDARD_CONTENDERS = ("DCGAN lungcancer-dcgan", "DCGAN stable", "StyleGAN2-ADA", "StyleGAN2 no ADA")
 
 METRICS = ("fid", "fid_baseline", "kid", "swd", "precision", "recall", "msssim", "msssim_real",
-           "copy_rate", "mode_collapse")
+           "copy_rate", "mode_collapse", "c2st_auc", "c2st_auc_ci95", "c2st_accuracy", "c2st_floor")
 
 
 @dataclass
@@ -59,13 +73,17 @@ class CompareConfig:
     kimg: float = C.option(4.0, "equal image budget per contender, thousands of real images shown")
     milestones: int = C.option(4, "evaluations over training, evenly spaced in kimg")
     equal_wall_time: bool = C.option(True, "also train faster contenders to the slowest one's wall time")
+    seconds: float | None = C.option(None, "the equal wall-time budget in training seconds for every contender "
+                                           "(None: the slowest contender's time at the image budget)")
     contenders: tuple[str, ...] = C.option(STANDARD_CONTENDERS, "names from DEFAULT_CONTENDERS (FastGAN scratch, "
                                                                 "FastGAN projected, FastGAN hybrid too)")
     stylegan2_preset: str = C.option("stylegan2-cpu-small", "train preset of the StyleGAN2 contenders "
                                                             "(stylegan2-auto64 ... on a GPU)")
     n_eval: int = C.option(500, "generated images scored at each milestone (capped real sets too)")
     seed: int = C.option(0, "training and evaluation seed")
-    extractors: tuple[str, ...] = C.option(("offline",), "feature extractors for FID/KID/PR")
+    extractors: tuple[str, ...] = C.option(("offline", "inception"), "feature extractors for FID/KID/PR "
+                                                                      "(the first one ranks the verdict's FID)")
+    c2st: bool = C.option(True, "classifier two-sample test, held-out real vs generated, with its floor")
     train_overrides: dict[str, Any] = field(default_factory=dict)  # applied to every contender (e.g. base)
 
     def validate(self) -> None:
@@ -80,6 +98,10 @@ class CompareConfig:
             raise ConfigError("kimg must be > 0, milestones >= 1 and n_eval >= 8")
         if not 0 < self.holdout_fraction < 1:
             raise ConfigError("holdout_fraction must be in (0, 1)")
+        if self.seconds is not None and not (math.isfinite(self.seconds) and self.seconds > 0):
+            raise ConfigError(f"seconds must be > 0 (or None), got {self.seconds}")
+        if not self.extractors:
+            raise ConfigError("extractors: give at least one (offline, inception, xrv)")
 
 
 def slug(name: str) -> str:
@@ -132,21 +154,38 @@ def contender_config(cfg: CompareConfig, name: str, kimg: float, n_train: int) -
     the training set (the DCGAN references' 128 on a 100-image set) is cut to the largest power of two
     that fits twice; the row records the batch used."""
     overrides = DEFAULT_CONTENDERS[name][1]
-    tcfg = train.make_config(contender_preset(cfg, name), **{"image_size": cfg.image_size, "seed": cfg.seed, **overrides,
-                                        **cfg.train_overrides, "kimg": kimg})
+    # no checkpoint scoring while contenders train: every row scores the generator at its budget
+    tcfg = train.make_config(contender_preset(cfg, name), **{"image_size": cfg.image_size, "seed": cfg.seed,
+                                                             "score_every_kimg": 0.0, **overrides,
+                                                             **cfg.train_overrides, "kimg": kimg})
     if tcfg.batch_size > n_train // 2:
         tcfg = C.apply_overrides(tcfg, batch_size=2 ** int(math.log2(max(n_train // 2, 1))))
     return tcfg
 
 
-def _summary(m: Mapping[str, Any], extractor: str) -> dict[str, Any]:
-    """The comparison's columns out of an ``evaluate.evaluate`` result."""
-    fid, kid, pr = m["fid"][extractor], m["kid"][extractor], m["precision_recall"][extractor]
-    mem = m["memorisation"].get(extractor, m["memorisation"]["pixel"])
-    return {"fid": fid.get("value"), "fid_baseline": fid.get("real_baseline"), "kid": kid.get("value"),
-            "swd": m["swd"]["mean"], "precision": pr.get("precision"), "recall": pr.get("recall"),
-            "msssim": m["diversity"]["generated"], "msssim_real": m["diversity"]["real"],
-            "copy_rate": mem["copy_rate"], "mode_collapse": bool(m["diversity"]["mode_collapse"])}
+def _summary(m: Mapping[str, Any], extractors: Sequence[str]) -> dict[str, Any]:
+    """The comparison's columns out of an ``evaluate.evaluate`` result: the first extractor's figures
+    unprefixed (``fid``, ``kid``, ...), every further one's prefixed by its name (``inception_fid``, ...)."""
+    first = extractors[0]
+    mem = m["memorisation"].get(first, m["memorisation"]["pixel"])
+    out = {"swd": m["swd"]["mean"], "msssim": m["diversity"]["generated"], "msssim_real": m["diversity"]["real"],
+           "copy_rate": mem["copy_rate"], "mode_collapse": bool(m["diversity"]["mode_collapse"])}
+    for ext in extractors:
+        fid, kid, pr = m["fid"][ext], m["kid"][ext], m["precision_recall"][ext]
+        prefix = "" if ext == first else f"{ext}_"
+        out |= {f"{prefix}fid": fid.get("value"), f"{prefix}fid_baseline": fid.get("real_baseline"),
+                f"{prefix}kid": kid.get("value"), f"{prefix}precision": pr.get("precision"),
+                f"{prefix}recall": pr.get("recall")}
+    return out
+
+
+def _c2st_columns(test: Mapping[str, Any], floor: Mapping[str, Any]) -> dict[str, Any]:
+    """C2ST columns of a row: AUC (mean, median, 95% interval), accuracy at the validation threshold, and
+    the floor (the same test between held-out and training real images)."""
+    return {"c2st_auc": test["auc"], "c2st_auc_median": test["auc_median"], "c2st_auc_ci95": test["auc_ci95"],
+            "c2st_accuracy": test["accuracy"], "c2st_accuracy_ci95": test["accuracy_ci95"],
+            "c2st_seeds": test["n_seeds"], "c2st_n": test["n_per_set"],
+            "c2st_floor": floor["auc"], "c2st_floor_ci95": floor["auc_ci95"]}
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
@@ -227,6 +266,14 @@ def run(cfg: CompareConfig, out_dir: str | Path, images: torch.Tensor | None = N
     rows_path = out / "rows.jsonl"
     rows = _read_rows(rows_path)
     done = {(r["contender"], r["budget"], r["milestone"]) for r in rows}
+    floor: dict[str, Any] = {}  # the C2ST floor, computed at the first row that needs it
+
+    def c2st_floor() -> dict[str, Any]:
+        if not floor:
+            from .c2st import c2st
+
+            floor.update(c2st(real_hold, ref_train, seed=cfg.seed, max_per_set=len(real_hold), steps=150))
+        return floor
 
     def measure(name: str, budget: str, milestone: int, kimg: float, seconds: float | None = None) -> None:
         if (name, budget, milestone) in done:
@@ -240,12 +287,19 @@ def run(cfg: CompareConfig, out_dir: str | Path, images: torch.Tensor | None = N
                              progress=progress)
         fake = runs.sample(result.G, cfg.n_eval, seed=cfg.seed + 1)
         m = evaluate.evaluate(ref_train, real_hold, fake, extractors=cfg.extractors, seed=cfg.seed,
-                              progress=False, kid_subset_size=min(1000, len(real_hold), cfg.n_eval))
+                              progress=False, kid_subset_size=min(1000, len(real_hold), cfg.n_eval), c2st=False)
         row = {"contender": name, "preset": contender_preset(cfg, name), "budget": budget,
                "milestone": milestone, "kimg": round(result.kimg, 3), "batch": tcfg.batch_size,
                "train_s": round(result.seconds, 1),
                "img_per_s": round(result.kimg * 1000 / max(result.seconds, 1e-9), 1),
-               **_summary(m, cfg.extractors[0])}
+               **_summary(m, cfg.extractors)}
+        if cfg.c2st and min(len(real_hold), len(fake)) < 10:
+            row["c2st_skipped"] = f"C2ST needs >= 10 held-out and generated images, got {len(real_hold)}, {len(fake)}"
+        elif cfg.c2st:  # against held-out images: a generator that copies its training set does not pass
+            from .c2st import c2st
+
+            test = c2st(real_hold, fake.float(), seed=cfg.seed, max_per_set=len(real_hold), steps=150)
+            row |= _c2st_columns(test, c2st_floor())
         if result.history and result.history[-1].get("augment_p") is not None:
             row["augment_p"] = result.history[-1]["augment_p"]
         rows.append(row)
@@ -256,12 +310,14 @@ def run(cfg: CompareConfig, out_dir: str | Path, images: torch.Tensor | None = N
         batch = contender_config(cfg, name, cfg.kimg, len(real_train)).batch_size
         for i, kimg in enumerate(milestone_kimg(cfg.kimg, cfg.milestones, len(real_train), batch), start=1):
             measure(name, "image", i, kimg)
-    if cfg.equal_wall_time and len(cfg.contenders) > 1:
+    if cfg.equal_wall_time and (len(cfg.contenders) > 1 or cfg.seconds is not None):
         final = Comparison(cfg, rows, out, real_train, real_hold).final("image")
-        wall = max(r["train_s"] for r in final.values())
+        wall = cfg.seconds or max(r["train_s"] for r in final.values())
+        # a fixed budget is met to within a step; "the slowest one's" to within 20 %, as it was set
+        close = 0.98 if cfg.seconds else 0.8
         for name in cfg.contenders:
             r = final[name]
-            if r["train_s"] < 0.8 * wall:  # within 20 %: already an equal-time point
+            if r["train_s"] < close * wall:  # otherwise already an equal-time point
                 # kimg is only a ceiling here (3x what the measured speed predicts); time stops it
                 measure(name, "wall", r["milestone"] + 1, 3 * wall * r["img_per_s"] / 1000, seconds=wall)
     return Comparison(cfg, rows, out, real_train, real_hold)
@@ -286,6 +342,31 @@ def _model(name: str) -> str:
     return overrides.get("model", train.PRESETS[preset]["model"])
 
 
+def separated(a: Mapping[str, Any], b: Mapping[str, Any]) -> bool:
+    """Whether row ``a``'s C2ST AUC is below row ``b``'s with non-overlapping 95% intervals."""
+    return a.get("c2st_auc_ci95") is not None and b.get("c2st_auc_ci95") is not None \
+        and a["c2st_auc_ci95"][1] < b["c2st_auc_ci95"][0]
+
+
+def _c2st_lines(final: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """The C2ST ranking (lower AUC = harder to tell from held-out real) and who beats `stable` outright."""
+    scored = sorted(((n, r) for n, r in final.items() if r.get("c2st_auc") is not None),
+                    key=lambda kv: kv[1]["c2st_auc"])
+    if not scored:
+        return []
+    floor = scored[0][1]
+    lines = [f"  C2ST AUC vs held-out real (0.5 = indistinguishable; floor real vs real {floor['c2st_floor']:.3f} "
+             f"[{floor['c2st_floor_ci95'][0]:.3f}, {floor['c2st_floor_ci95'][1]:.3f}]): "
+             + "; ".join(f"{n} {r['c2st_auc']:.3f} [{r['c2st_auc_ci95'][0]:.3f}, {r['c2st_auc_ci95'][1]:.3f}]"
+                         for n, r in scored) + "."]
+    ref = final.get("DCGAN stable")
+    if ref is not None and ref.get("c2st_auc") is not None:
+        winners = [n for n, r in scored if n != "DCGAN stable" and separated(r, ref)]
+        lines.append("  Below DCGAN stable's C2ST AUC with non-overlapping intervals: "
+                     + (", ".join(winners) if winners else "none") + ".")
+    return lines
+
+
 def verdict(comp: Comparison) -> str:
     """Plain-language conclusions computed from the measured rows (nothing here is written in advance)."""
     lines = []
@@ -306,6 +387,12 @@ def verdict(comp: Comparison) -> str:
         copying = [f"{n} ({r['copy_rate']:.1%})" for n, r in final.items() if r["copy_rate"] > 0.05]
         if copying:
             lines.append(f"  Copy rate above 5 % (near-duplicates of training images): {', '.join(copying)}.")
+        lines += _c2st_lines(final)
+        if any(r.get("inception_fid") is not None for r in final.values()):
+            inc = sorted(((n, r) for n, r in final.items() if r.get("inception_fid") is not None),
+                         key=lambda kv: kv[1]["inception_fid"])
+            lines.append(f"  Inception FID (baseline {inc[0][1]['inception_fid_baseline']:.2f}): "
+                         + "; ".join(f"{n} {r['inception_fid']:.1f}" for n, r in inc) + ".")
         pr = max(final.items(), key=lambda kv: (kv[1]["precision"] or 0) + (kv[1]["recall"] or 0))
         if (pr[1]["precision"] or 0) + (pr[1]["recall"] or 0) > 0:
             lines.append(f"  Highest precision + recall: {pr[0]} (precision {pr[1]['precision']:.2f}, "
@@ -351,8 +438,13 @@ def plot_metrics(comp: Comparison, x: str = "kimg", path: str | Path | None = No
     """Metrics over training (``x`` = "kimg" or "train_s"), one line per contender; dashed = real baseline."""
     from .plots import figure, finish
 
-    panels = [("fid", "offline FID (lower better)"), ("precision", "precision"), ("recall", "recall"),
-              ("msssim", "MS-SSIM diversity (lower = more diverse)"), ("copy_rate", "copy rate")]
+    panels = [("fid", f"{comp.config.extractors[0]} FID (lower better)"), ("precision", "precision"),
+              ("recall", "recall"), ("msssim", "MS-SSIM diversity (lower = more diverse)"),
+              ("copy_rate", "copy rate")]
+    if any(r.get("inception_fid") is not None for r in comp.rows):
+        panels.insert(1, ("inception_fid", "Inception FID (lower better)"))
+    if any(r.get("c2st_auc") is not None for r in comp.rows):
+        panels.insert(0, ("c2st_auc", "C2ST AUC vs held-out (0.5 = real)"))
     fig = figure(4.2 * len(panels), 3.8)
     axes = fig.subplots(1, len(panels))
     for name in comp.config.contenders:
@@ -361,13 +453,16 @@ def plot_metrics(comp: Comparison, x: str = "kimg", path: str | Path | None = No
             continue
         xs = [p[0] for p in pts]
         for ax, (key, _) in zip(axes, panels):
-            ax.plot(xs, [p[1][key] for p in pts], marker="o", label=name)
+            ax.plot(xs, [p[1].get(key) if p[1].get(key) is not None else np.nan for p in pts], marker="o",
+                    label=name)
     real = [r for r in comp.rows if r["fid_baseline"] is not None]
     if real:
-        axes[0].axhline(float(np.median([r["fid_baseline"] for r in real])), color="k", ls="--", lw=0.8,
-                        label="real vs held-out")
-        axes[3].axhline(float(np.median([r["msssim_real"] for r in real])), color="k", ls="--", lw=0.8,
-                        label="real")
+        baselines = {"fid": "fid_baseline", "inception_fid": "inception_fid_baseline", "msssim": "msssim_real",
+                     "c2st_auc": "c2st_floor"}
+        for ax, (key, _) in zip(axes, panels):
+            values = [r[baselines[key]] for r in real if key in baselines and r.get(baselines[key]) is not None]
+            if values:
+                ax.axhline(float(np.median(values)), color="k", ls="--", lw=0.8, label="real")
     for ax, (key, title) in zip(axes, panels):
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("kimg (real images shown / 1000)" if x == "kimg" else "training time (s)")
@@ -377,7 +472,7 @@ def plot_metrics(comp: Comparison, x: str = "kimg", path: str | Path | None = No
             ax.set_xscale("log")
             ax.xaxis.set_minor_formatter(NullFormatter())  # minor labels collide on a short log axis
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    axes[-1].legend(fontsize=8)
     return finish(fig, path)
 
 
@@ -407,16 +502,50 @@ def make_config(**overrides: Any) -> CompareConfig:
     return C.apply_overrides(CompareConfig(), overrides)
 
 
-def format_table(comp: Comparison, columns: Sequence[str] = ("contender", "budget", "kimg", "train_s", "fid",
-                                                             "fid_baseline", "precision", "recall",
-                                                             "msssim", "msssim_real", "copy_rate")) -> str:
-    """The rows as a Markdown table (what benchmarks/README.md quotes)."""
+TABLE_COLUMNS = ("contender", "budget", "kimg", "train_s", "img_per_s", "c2st_auc", "c2st_auc_ci95",
+                 "c2st_accuracy", "c2st_floor", "inception_fid", "inception_fid_baseline", "inception_kid",
+                 "fid", "fid_baseline", "precision", "recall", "inception_precision", "inception_recall",
+                 "msssim", "msssim_real", "copy_rate")
+
+
+def format_table(comp: Comparison, columns: Sequence[str] = TABLE_COLUMNS) -> str:
+    """The rows as a Markdown table (what benchmarks/README.md quotes); columns no row has are left out."""
+    columns = [c for c in columns if any(r.get(c) is not None for r in comp.rows)]
     head = "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
     body = []
     for r in comp.rows:
         cells = []
         for c in columns:
             v = r.get(c)
-            cells.append(f"{v:.3f}" if isinstance(v, float) else str(v))
+            if isinstance(v, list):
+                cells.append("[" + ", ".join(f"{x:.3f}" for x in v) + "]")
+            else:
+                cells.append(f"{v:.3f}" if isinstance(v, float) else ("" if v is None else str(v)))
         body.append("| " + " | ".join(cells) + " |")
     return "\n".join([head, *body])
+
+
+# ---------------------------------------------------------------------------------------------- CLI
+
+
+def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="comparison folder (resumable: rows.jsonl, one run per contender)")
+    C.add_arguments(parser, CompareConfig, skip=("train_overrides",))
+    parser.add_argument("--train-overrides", default=None, metavar="DICT",
+                        help="train config fields applied to every contender, e.g. \"{'precision': 'fp32'}\"")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars (one line per epoch)")
+
+
+def cli_run(args: argparse.Namespace) -> int:
+    overrides = C.overrides_from_args(args, CompareConfig)
+    if args.train_overrides is not None:
+        overrides["train_overrides"] = args.train_overrides
+    cfg = make_config(**overrides)
+    comp = run(cfg, args.out, progress=not args.no_progress)
+    print(format_table(comp))
+    text = verdict(comp)
+    (comp.out_dir / "verdict.txt").write_text(text + "\n")
+    print(text)
+    plot_samples(comp, path=comp.out_dir / "samples.png")
+    plot_metrics(comp, x="kimg", path=comp.out_dir / "metrics_vs_kimg.png")
+    return 0

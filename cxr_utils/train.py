@@ -268,6 +268,14 @@ def _private_rng(steps: Any, cfg: TrainConfig, iteration: int, phase: int) -> An
 
 
 @C.typed_keywords
+def _out_of_time(cfg: TrainConfig, seconds: float) -> bool:
+    """Whether ``time_budget_s`` is spent. Every process must agree to stop (their clocks differ slightly),
+    so under torchrun this is an all-reduce: stop when any process is out of time."""
+    if cfg.time_budget_s is None:
+        return False
+    return bool(distributed.all_reduce_sum(torch.tensor(float(seconds >= cfg.time_budget_s))) > 0)
+
+
 def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = None, resume: bool = False,
           overwrite: bool = False, progress: bool = True) -> RunResult:
     """Train ``cfg.model`` into the run folder ``out_dir`` (see the module docstring).
@@ -385,6 +393,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
                 bar.update()
                 if main and (count.iteration % 10 == 0 or count.iteration == 1):
                     bar.set_postfix({k: f"{v.item():.3f}" for k, v in stats.items()}, refresh=False)
+                if _out_of_time(cfg, time.perf_counter() - start):
+                    break  # the budget ends this epoch early: an equal-time comparison overshoots by one step
             rows, bad = _rows(pending)
             if main:
                 runs.append_stats(stats_file, rows)
@@ -397,9 +407,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
                 raise RunError(f"training diverged at iteration {it} (epoch {epoch}): {key} = {value}; stopped "
                                f"without writing {runs.NETWORK_FINAL}; {kept}; lower lr_g/lr_d or change the recipe")
             count.epoch, count.seconds = epoch, time.perf_counter() - start
-            # every process must agree to stop (their clocks differ slightly): stop when any is out of time
-            out_of_time = cfg.time_budget_s is not None and bool(distributed.all_reduce_sum(
-                torch.tensor(float(count.seconds >= cfg.time_budget_s))) > 0)
+            out_of_time = _out_of_time(cfg, count.seconds)
             last = epoch == epochs or out_of_time
             if epoch % cfg.sample_every == 0 or epoch in cfg.grid_epochs or last:
                 # rendered on every process: with SyncBatchNorm the forward is a collective

@@ -41,8 +41,9 @@ class TrainConfig:
     batch_size: int = C.option(128, "images per D step (the global batch: split over torchrun's processes)")
     epochs: int = C.option(25, "passes over the data set")
     kimg: float | None = C.option(None, "budget in thousands of real images shown; overrides epochs (rounded up)")
-    time_budget_s: float | None = C.option(None, "also stop at the end of the first epoch at which the training "
-                                                 "time (summed over resumed segments) reaches this many seconds")
+    time_budget_s: float | None = C.option(None, "also stop after the first iteration at which the training time "
+                                                 "(summed over resumed segments, scoring excluded) reaches this "
+                                                 "many seconds; that epoch ends early")
     lr_g: float = C.option(2e-4, "generator Adam learning rate")
     lr_d: float = C.option(2e-4, "discriminator Adam learning rate (lr_d > lr_g = TTUR)")
     beta1: float = C.option(0.5, "Adam beta1")

@@ -96,8 +96,10 @@ def test_tiny_comparison_runs_resumes_and_guards_its_folder(tmp_path):
     ph = phantom.generate(40, 64, seed=0)  # 32 px: the phantom renders >= 64, so pool it
     images = F.avg_pool2d(from_uint8(torch.from_numpy(ph.images))[:, None], 2).repeat(1, 3, 1, 1)
     cfg = compare.make_config(source="phantom:40", image_size=32, kimg=0.064, milestones=2, n_eval=16,
-                              contenders=["DCGAN stable", "StyleGAN2-ADA"], train_overrides=TINY)
+                              contenders=["DCGAN stable", "StyleGAN2-ADA"], train_overrides=TINY,
+                              extractors=["offline"])
     comp = compare.run(cfg, tmp_path / "cmp", images=images, progress=False)
+    assert all(r.get("c2st_auc") is None and "got 8" in r["c2st_skipped"] for r in comp.rows)
     image_rows = [r for r in comp.rows if r["budget"] == "image"]
     assert [(r["contender"], r["milestone"]) for r in image_rows] == [
         ("DCGAN stable", 1), ("DCGAN stable", 2), ("StyleGAN2-ADA", 1), ("StyleGAN2-ADA", 2)]
@@ -162,3 +164,36 @@ def test_run_progress_keyword_is_coerced(tmp_path):
     with pytest.raises(ConfigError, match="progress"):
         compare.run(compare.make_config(), tmp_path / "cmp", images=torch.zeros(40, 3, 8, 8), progress="maybe")
     assert not (tmp_path / "cmp").exists()
+
+
+def test_fixed_wall_budget_trains_every_contender_to_it_and_scores_c2st_against_held_out(tmp_path):
+    ph = phantom.generate(60, 64, seed=1)
+    images = F.avg_pool2d(from_uint8(torch.from_numpy(ph.images))[:, None], 2).repeat(1, 3, 1, 1)
+    cfg = compare.make_config(source="phantom:60", image_size=32, kimg=0.032, milestones=1, n_eval=16,
+                              contenders=["DCGAN stable"], train_overrides=TINY, extractors=["offline"],
+                              seconds=1.5)
+    comp = compare.run(cfg, tmp_path / "cmp", images=images, progress=False)
+    image, wall = comp.final("image")["DCGAN stable"], comp.final("wall")["DCGAN stable"]
+    assert image["budget"] == "image" and image["train_s"] < 1.5
+    # the loop stops after the iteration that reaches the budget (a whole epoch here is 3 iterations)
+    assert wall["budget"] == "wall" and 1.5 <= wall["train_s"] < 1.5 + 2.0 and wall["kimg"] > image["kimg"]
+    for r in (image, wall):  # 12 held-out images vs 16 generated: C2ST runs on 12 of each
+        assert 0.0 <= r["c2st_auc"] <= 1.0 and r["c2st_n"] == 12
+        lo, hi = r["c2st_auc_ci95"]
+        assert lo <= r["c2st_auc"] <= hi and 0.0 <= r["c2st_accuracy"] <= 1.0
+    assert image["c2st_floor"] == wall["c2st_floor"]  # computed once per comparison
+    assert "c2st_auc" in compare.format_table(comp)
+
+
+def test_verdict_names_who_beats_stable_on_c2st_only_with_separate_intervals():
+    names = ["DCGAN stable", "FastGAN scratch", "FastGAN hybrid"]
+    c2st = {"DCGAN stable": (0.99, [0.98, 1.0]), "FastGAN scratch": (0.90, [0.86, 0.94]),
+            "FastGAN hybrid": (0.97, [0.95, 0.99])}
+    rows = [_row(n, 1, 2.0, 10.0, c2st_auc=a, c2st_auc_ci95=ci, c2st_floor=0.5, c2st_floor_ci95=[0.45, 0.55])
+            for n, (a, ci) in ((n, c2st[n]) for n in names)]
+    text = compare.verdict(_comparison(rows, milestones=1))
+    assert "Below DCGAN stable's C2ST AUC with non-overlapping intervals: FastGAN scratch." in text
+    assert compare.separated(rows[1], rows[0]) and not compare.separated(rows[2], rows[0])
+    assert text.index("FastGAN scratch 0.900") < text.index("FastGAN hybrid 0.970")  # lower AUC first
+    with pytest.raises(ConfigError, match="seconds"):
+        compare.make_config(seconds=0)
