@@ -185,7 +185,8 @@ def _c2st_columns(test: Mapping[str, Any], floor: Mapping[str, Any]) -> dict[str
     return {"c2st_auc": test["auc"], "c2st_auc_median": test["auc_median"], "c2st_auc_ci95": test["auc_ci95"],
             "c2st_accuracy": test["accuracy"], "c2st_accuracy_ci95": test["accuracy_ci95"],
             "c2st_seeds": test["n_seeds"], "c2st_n": test["n_per_set"],
-            "c2st_floor": floor["auc"], "c2st_floor_ci95": floor["auc_ci95"]}
+            "c2st_floor": floor["auc"], "c2st_floor_ci95": floor["auc_ci95"],
+            "c2st_floor_accuracy": floor["accuracy"]}
 
 
 def _read_rows(path: Path) -> list[dict[str, Any]]:
