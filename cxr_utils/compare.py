@@ -419,6 +419,9 @@ def verdict(comp: Comparison) -> str:
         slope_s, slope_d = _trend(comp.rows, s), _trend(comp.rows, d)
         if gap <= 0:
             lines.append(f"{s} beats the best DCGAN ({d}) by {-gap:.2f} FID at the equal image budget.")
+        elif not (math.isfinite(slope_s) and math.isfinite(slope_d)):
+            lines.append(f"{s} trails the best DCGAN ({d}) by {gap:.2f} FID at the equal image budget (one "
+                         f"milestone each: no trend to extrapolate).")
         else:
             msg = (f"{s} trails the best DCGAN ({d}) by {gap:.2f} FID at the equal image budget; over the "
                    f"last milestones its FID changed by {slope_s:+.2f} per kimg, the DCGAN's by {slope_d:+.2f}.")

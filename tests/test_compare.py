@@ -88,6 +88,9 @@ def test_verdict_flags_collapse_and_copying():
     assert "Mode collapse flagged" in text and names[0] in text
     assert "Copy rate above 5 %" in text and "DCGAN stable (20.0%)" in text
     assert "Highest precision + recall" in text
+    one = [_row(n, 1, 2.0, f) for n, f in ((names[1], 40.0), (names[2], 60.0))]  # one milestone: no slope
+    text = compare.verdict(_comparison(one, milestones=1))
+    assert "trails the best DCGAN (DCGAN stable) by 20.00 FID" in text and "no trend" in text and "nan" not in text
     zero = [dict(r, precision=0.0, recall=0.0) for r in rows]
     assert "precision and recall 0" in compare.verdict(_comparison(zero, milestones=1))
 
