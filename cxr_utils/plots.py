@@ -304,7 +304,7 @@ def real_vs_generated(real: torch.Tensor, fake: torch.Tensor, n: int = 32,
     fig = figure(11, 5.8)
     for ax, images, title in zip(fig.subplots(1, 2), (real, fake), ("real", "generated")):
         shown = images[:n].float().mean(1, keepdim=True)  # RGB-replicated gray back to gray
-        show_gray(ax, grid(shown))
+        show_gray(ax, grid(shown, nrow=8 if len(shown) % 8 == 0 else None))  # 32 -> 4 full rows of 8
         ax.set_title(f"{title} ({len(shown)})")
     return finish(fig, path)
 
