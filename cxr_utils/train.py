@@ -267,7 +267,6 @@ def _private_rng(steps: Any, cfg: TrainConfig, iteration: int, phase: int) -> An
         yield
 
 
-@C.typed_keywords
 def _out_of_time(cfg: TrainConfig, seconds: float) -> bool:
     """Whether ``time_budget_s`` is spent. Every process must agree to stop (their clocks differ slightly),
     so under torchrun this is an all-reduce: stop when any process is out of time."""
@@ -276,6 +275,7 @@ def _out_of_time(cfg: TrainConfig, seconds: float) -> bool:
     return bool(distributed.all_reduce_sum(torch.tensor(float(seconds >= cfg.time_budget_s))) > 0)
 
 
+@C.typed_keywords
 def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = None, resume: bool = False,
           overwrite: bool = False, progress: bool = True) -> RunResult:
     """Train ``cfg.model`` into the run folder ``out_dir`` (see the module docstring).
