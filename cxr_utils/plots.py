@@ -301,10 +301,13 @@ def epoch_grids(sample_dir: str | Path, epochs: list[int] | tuple[int, ...],
 def real_vs_generated(real: torch.Tensor, fake: torch.Tensor, n: int = 32,
                       path: str | Path | None = None) -> Figure:
     """``n`` real and ``n`` generated images (in [-1, 1]) as two grayscale grids side by side."""
-    fig = figure(11, 5.8)
+    count = min(n, len(real), len(fake))
+    ncol = 8 if count % 8 == 0 else math.ceil(math.sqrt(count))  # 32 -> 4 full rows of 8
+    rows = math.ceil(count / ncol)
+    fig = figure(11, 5.5 * rows / ncol + 0.7)  # each grid 5.5 in wide, its height follows its rows
     for ax, images, title in zip(fig.subplots(1, 2), (real, fake), ("real", "generated")):
-        shown = images[:n].float().mean(1, keepdim=True)  # RGB-replicated gray back to gray
-        show_gray(ax, grid(shown, nrow=8 if len(shown) % 8 == 0 else None))  # 32 -> 4 full rows of 8
+        shown = images[:count].float().mean(1, keepdim=True)  # RGB-replicated gray back to gray
+        show_gray(ax, grid(shown, nrow=ncol))
         ax.set_title(f"{title} ({len(shown)})")
     return finish(fig, path)
 
