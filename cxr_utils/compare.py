@@ -59,6 +59,7 @@ DEFAULT_CONTENDERS: dict[str, tuple[str, dict[str, Any]]] = {
 # What notebook 03 compares unless told otherwise (the FastGAN contenders are chosen by name).
 STANDARD_CONTENDERS = ("DCGAN lungcancer-dcgan", "DCGAN stable", "StyleGAN2-ADA", "StyleGAN2 no ADA")
 
+C2ST_STEPS = 150  # optimiser steps of each C2ST seed (evaluate's default too)
 METRICS = ("fid", "fid_baseline", "kid", "swd", "precision", "recall", "msssim", "msssim_real",
            "copy_rate", "mode_collapse", "c2st_auc", "c2st_auc_ci95", "c2st_accuracy", "c2st_floor")
 
@@ -269,11 +270,14 @@ def run(cfg: CompareConfig, out_dir: str | Path, images: torch.Tensor | None = N
     done = {(r["contender"], r["budget"], r["milestone"]) for r in rows}
     floor: dict[str, Any] = {}  # the C2ST floor, computed at the first row that needs it
 
+    def held_out_c2st(other: torch.Tensor) -> dict[str, Any]:
+        from .c2st import c2st
+
+        return c2st(real_hold, other, seed=cfg.seed, max_per_set=len(real_hold), steps=C2ST_STEPS)
+
     def c2st_floor() -> dict[str, Any]:
         if not floor:
-            from .c2st import c2st
-
-            floor.update(c2st(real_hold, ref_train, seed=cfg.seed, max_per_set=len(real_hold), steps=150))
+            floor.update(held_out_c2st(ref_train))
         return floor
 
     def measure(name: str, budget: str, milestone: int, kimg: float, seconds: float | None = None) -> None:
@@ -297,10 +301,7 @@ def run(cfg: CompareConfig, out_dir: str | Path, images: torch.Tensor | None = N
         if cfg.c2st and min(len(real_hold), len(fake)) < 10:
             row["c2st_skipped"] = f"C2ST needs >= 10 held-out and generated images, got {len(real_hold)}, {len(fake)}"
         elif cfg.c2st:  # against held-out images: a generator that copies its training set does not pass
-            from .c2st import c2st
-
-            test = c2st(real_hold, fake.float(), seed=cfg.seed, max_per_set=len(real_hold), steps=150)
-            row |= _c2st_columns(test, c2st_floor())
+            row |= _c2st_columns(held_out_c2st(fake.float()), c2st_floor())
         if result.history and result.history[-1].get("augment_p") is not None:
             row["augment_p"] = result.history[-1]["augment_p"]
         rows.append(row)
