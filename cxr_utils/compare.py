@@ -42,19 +42,22 @@ import torch
 from . import config as C
 from . import evaluate, runs, train
 from .errors import ConfigError
+from .metrics import to_gray
 from .paths import project_path
 from .stats import seeded_subset
 
 # name -> (train preset, overrides): the references, the stabilised DCGAN, StyleGAN2-ADA and its ablation,
-# and FastGAN with each of its three discriminators (3 channels, like every contender's images).
+# and FastGAN with each of its three discriminators. Every contender keeps its preset's channels (the
+# DCGANs and StyleGAN2 3, replicated gray as in the references; FastGAN 1, as the main job trains it);
+# every measure sees the gray image (the channel mean), so a colour tint is no give-away.
 DEFAULT_CONTENDERS: dict[str, tuple[str, dict[str, Any]]] = {
     "DCGAN lungcancer-dcgan": ("lungcancer-dcgan", {}),
     "DCGAN stable": ("stable", {}),
     "StyleGAN2-ADA": ("stylegan2-cpu-small", {}),
     "StyleGAN2 no ADA": ("stylegan2-cpu-small", {"augment": "none"}),
-    "FastGAN scratch": ("fastgan-cpu", {"channels": 3, "d_arch": "scratch", "recon_weight": 1.0}),
-    "FastGAN projected": ("fastgan-cpu", {"channels": 3, "d_arch": "projected", "recon_weight": 0.0}),
-    "FastGAN hybrid": ("fastgan-cpu", {"channels": 3, "d_arch": "hybrid", "recon_weight": 1.0}),
+    "FastGAN scratch": ("fastgan-cpu", {"d_arch": "scratch", "recon_weight": 1.0}),
+    "FastGAN projected": ("fastgan-cpu", {"d_arch": "projected", "recon_weight": 0.0}),
+    "FastGAN hybrid": ("fastgan-cpu", {"d_arch": "hybrid", "recon_weight": 1.0}),
 }
 # What notebook 03 compares unless told otherwise (the FastGAN contenders are chosen by name).
 STANDARD_CONTENDERS = ("DCGAN lungcancer-dcgan", "DCGAN stable", "StyleGAN2-ADA", "StyleGAN2 no ADA")
@@ -132,6 +135,13 @@ def split_images(images: torch.Tensor, holdout_fraction: float, seed: int = 0,
         raise ConfigError(f"{len(images)} images leave too few to train on after holding out {len(hold_idx)} "
                           f"(need >= 16 to train and >= 2 held out)")
     return images[torch.from_numpy(train_idx)], images[torch.from_numpy(hold_idx)]
+
+
+def with_channels(images: torch.Tensor, channels: int) -> torch.Tensor:
+    """Gray radiographs (N x 1|3 x H x W, 3 = replicated gray) with ``channels`` channels: the channel
+    mean for 1, the gray replicated for 3."""
+    gray = to_gray(images)
+    return gray if channels == 1 else gray.expand(-1, channels, -1, -1).contiguous()
 
 
 def milestone_kimg(kimg: float, milestones: int, n_train: int, batch: int) -> list[float]:
@@ -261,6 +271,7 @@ def run(cfg: CompareConfig, out_dir: str | Path, images: torch.Tensor | None = N
         ds = load(cfg.source, image_size=cfg.image_size, channels=3, progress=progress)
         images, groups = ds.images, ds.groups
     real_train, real_hold = split_images(images.float(), cfg.holdout_fraction, cfg.seed, groups)
+    gray_hold = to_gray(real_hold)
     for name in cfg.contenders:  # a bad preset override fails here, not after hours of the first contender
         contender_config(cfg, name, cfg.kimg, len(real_train))
     # the reference set keeps the seeded draw order (torch.randperm), as before the helper existed
@@ -273,7 +284,7 @@ def run(cfg: CompareConfig, out_dir: str | Path, images: torch.Tensor | None = N
     def held_out_c2st(other: torch.Tensor) -> dict[str, Any]:
         from .c2st import c2st
 
-        return c2st(real_hold, other, seed=cfg.seed, max_per_set=len(real_hold), steps=C2ST_STEPS)
+        return c2st(gray_hold, to_gray(other), seed=cfg.seed, max_per_set=len(real_hold), steps=C2ST_STEPS)
 
     def c2st_floor() -> dict[str, Any]:
         if not floor:
@@ -288,7 +299,8 @@ def run(cfg: CompareConfig, out_dir: str | Path, images: torch.Tensor | None = N
         if seconds is not None:
             tcfg = C.apply_overrides(tcfg, time_budget_s=seconds)
         resume = (run_dir / runs.STATE).exists()
-        result = train.train(tcfg, run_dir, images=real_train, resume=resume, overwrite=not resume,
+        result = train.train(tcfg, run_dir, images=with_channels(real_train, tcfg.channels),
+                             resume=resume, overwrite=not resume,
                              progress=progress)
         fake = runs.sample(result.G, cfg.n_eval, seed=cfg.seed + 1)
         m = evaluate.evaluate(ref_train, real_hold, fake, extractors=cfg.extractors, seed=cfg.seed,

@@ -200,3 +200,25 @@ def test_verdict_names_who_beats_stable_on_c2st_only_with_separate_intervals():
     assert text.index("FastGAN scratch 0.900") < text.index("FastGAN hybrid 0.970")  # lower AUC first
     with pytest.raises(ConfigError, match="seconds"):
         compare.make_config(seconds=0)
+
+
+def test_with_channels_gives_the_gray_image_in_either_layout():
+    gray = torch.linspace(-1, 1, 2 * 4 * 4).reshape(2, 1, 4, 4)
+    tinted = torch.cat([gray - 0.1, gray, gray + 0.1], dim=1)  # channel mean = gray
+    torch.testing.assert_close(compare.with_channels(tinted, 1), gray)
+    three = compare.with_channels(gray, 3)
+    assert three.shape == (2, 3, 4, 4) and all(torch.equal(three[:, c:c + 1], gray) for c in range(3))
+
+
+def test_fastgan_contender_trains_on_one_channel_and_is_scored_in_gray(tmp_path):
+    ph = phantom.generate(60, 64, seed=2)
+    images = from_uint8(torch.from_numpy(ph.images))[:, None].repeat(1, 3, 1, 1)  # replicated gray, as loaded
+    tiny_fastgan = {"fastgan_width": 0.125, "n_fixed": 4, "precision": "fp32", "latent_dim": 16}
+    cfg = compare.make_config(source="phantom:60", image_size=64, kimg=0.032, milestones=1, n_eval=16,
+                              contenders=["FastGAN scratch"], train_overrides=tiny_fastgan, extractors=["offline"],
+                              equal_wall_time=False)
+    comp = compare.run(cfg, tmp_path / "cmp", images=images, progress=False)
+    options = json.loads((tmp_path / "cmp" / "fastgan-scratch" / "training_options.json").read_text())
+    assert options["channels"] == 1 and options["d_arch"] == "scratch"
+    (row,) = comp.rows
+    assert row["c2st_n"] == 12 and 0.0 <= row["c2st_auc"] <= 1.0 and row["fid"] is not None

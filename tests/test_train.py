@@ -408,7 +408,68 @@ def test_resume_with_scoring_is_bit_identical(tmp_path, images):
         assert_identical(a[key], b[key], key)
     best_a = torch.load(straight / "network-best.pt", weights_only=True)
     best_b = torch.load(split / "network-best.pt", weights_only=True)
+    best_a["config"].pop("epochs"), best_b["config"].pop("epochs")  # the split run's first segment asked for 1
     assert_identical(best_a, best_b, "network-best")
     h_straight = [json.loads(x) for x in (straight / "stats.jsonl").read_text().splitlines()]
     h_split = [json.loads(x) for x in (split / "stats.jsonl").read_text().splitlines()]
     assert without_time(h_split) == without_time(h_straight)
+
+
+# ----------------------------------------------------------------------------- standing statistics
+
+
+def test_standing_statistics_are_the_average_of_batch_statistics():
+    """Independent computation: hooks record each BatchNorm's input per batch; the running mean must be
+    the mean of the per-batch means, the running variance the mean of the per-batch unbiased variances."""
+    from cxr_utils.models import build_generator
+    from cxr_utils.train import standing_statistics
+
+    torch.manual_seed(0)
+    cfg = tiny("stable")
+    G = build_generator(cfg).eval()
+    norms = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    before = {k: v.clone() for k, v in G.state_dict().items()}
+    seen = {id(m): [] for m in norms}
+    hooks = [m.register_forward_pre_hook(lambda m, inp: seen[id(m)].append(inp[0].detach().clone()))
+             for m in norms]
+    rng_before = torch.get_rng_state()
+    assert standing_statistics(G, cfg.latent_dim, n_batches=3, batch_size=8, seed=5)
+    for h in hooks:
+        h.remove()
+    assert torch.equal(torch.get_rng_state(), rng_before)  # the training streams are untouched
+    assert not G.training and all(m.momentum == 0.1 for m in norms)
+    for m in norms:
+        xs = seen[id(m)]
+        assert len(xs) == 3
+        mean = torch.stack([x.mean(dim=(0, 2, 3)) for x in xs]).mean(0)
+        var = torch.stack([x.permute(1, 0, 2, 3).flatten(1).var(dim=1, unbiased=True) for x in xs]).mean(0)
+        torch.testing.assert_close(m.running_mean, mean, rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(m.running_var, var, rtol=1e-4, atol=1e-5)
+    weights = {k: v for k, v in G.state_dict().items() if "running" not in k and "num_batches" not in k}
+    assert all(torch.equal(v, before[k]) for k, v in weights.items())  # only the statistics moved
+    again = build_generator(cfg)
+    again.load_state_dict(before)
+    standing_statistics(again, cfg.latent_dim, n_batches=3, batch_size=8, seed=5)
+    assert_identical(again.state_dict(), G.state_dict(), "same seed, same statistics")
+
+
+def test_ema_generator_is_saved_with_its_own_standing_statistics(tmp_path, images):
+    """The saved EMA generator's BatchNorm statistics are its standing statistics (not G's copied
+    running statistics); the raw G's stay its own; a run without EMA (the reference) is untouched."""
+    from cxr_utils import runs
+    from cxr_utils.models import build_generator
+    from cxr_utils.train import standing_statistics
+
+    cfg = tiny("stable", ema_kimg=0.05)
+    train(cfg, tmp_path / "ema", images=images, progress=False)
+    payload = torch.load(tmp_path / "ema" / "network-final.pt", weights_only=True)
+    G = build_generator(cfg)
+    G.load_state_dict(payload["G_ema"])
+    expected = build_generator(cfg)
+    expected.load_state_dict(payload["G_ema"])
+    standing_statistics(expected, cfg.latent_dim, seed=cfg.seed)
+    assert_identical(G.state_dict(), expected.state_dict(), "G_ema")
+    stats = [k for k in payload["G"] if k.endswith("running_mean")]
+    assert stats and not all(torch.equal(payload["G"][k], payload["G_ema"][k]) for k in stats)
+    _, loaded = runs.load_run(tmp_path / "ema")
+    assert_identical(loaded.state_dict(), expected.state_dict(), "load_run")
