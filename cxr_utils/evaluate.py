@@ -408,15 +408,34 @@ def load_fake(fake: str, n: int, seed: int, image_size: int | None, progress: bo
     return _resize(images, size), info, cfg
 
 
+def _run_parts(cfg: Any, n: int, seed: int, image_size: int, progress: bool) -> tuple[torch.Tensor, torch.Tensor, dict]:
+    """A run's training images and the part of its source it never trained on (``holdout_fraction``),
+    each capped at ``n`` (a seeded subset), gray at ``image_size``."""
+    from .train import held_out_images, training_images
+
+    train, hold = training_images(cfg, progress=progress), held_out_images(cfg, progress=False)
+    info = {"source": "the run's training images and its held-out part (never trained on)",
+            "available": len(train) + len(hold), "holdout_fraction": cfg.holdout_fraction}
+    train, hold = _at_most(train, n, seed), _at_most(hold, n, seed)
+    info["used"] = len(train) + len(hold)
+    if len(hold) < 2:
+        raise DataError(f"the run holds out {len(hold)} image(s); need >= 2 for the baselines")
+    return _resize(M.to_gray(train), image_size), _resize(M.to_gray(hold), image_size), info
+
+
 def load_real(source: str | None, cfg: Any, n: int, holdout_fraction: float, seed: int, image_size: int,
               progress: bool = True) -> tuple[torch.Tensor, torch.Tensor, dict]:
     """Training and held-out real images: ``source``, or the run's own training set when None.
 
     At most ``n`` real images are used (a seeded random subset); the held-out part is split by
     patient group where the source names patients, so no patient is on both sides of the baseline.
+    A run trained with ``holdout_fraction > 0`` (``source`` None) is scored against the part of its
+    source it never trained on (``holdout_fraction`` here is then unused), each part capped at ``n``.
     """
     from .splits import make_splits
 
+    if source is None and cfg is not None and getattr(cfg, "holdout_fraction", 0) > 0:
+        return _run_parts(cfg, n, seed, image_size, progress)
     if source is None:
         if cfg is None:
             raise ConfigError("--real is required when --fake is a folder of images")
@@ -483,8 +502,10 @@ def evaluate_run(fake: str | Path, out_dir: str | Path | None = None, real: str 
                  which: Literal["final", "best", "snapshot"] = "final") -> dict:
     """Evaluate a run folder (or a folder of generated images) the way ``python -m cxr_utils evaluate`` does.
 
-    Without ``real`` the run's own training images are the reference; their held-out part was then
-    seen by the generator, so the copy baseline is conservative (it flags less). ``which`` picks the
+    Without ``real`` the run's own images are the reference: when it was trained with
+    ``holdout_fraction > 0``, its training images and the part of its source it never saw (the honest
+    reference); otherwise its training images split by ``holdout_fraction``, whose held-out part the
+    generator then did see, so the baselines and the copy audit are conservative (they flag less). ``which`` picks the
     run's weights: ``final`` (default), ``best`` (``network-best.pt``) or ``snapshot``.
     """
     from .paths import project_path

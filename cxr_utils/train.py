@@ -130,20 +130,49 @@ def ema_beta(cfg: TrainConfig, images_seen: int) -> float:
 # ------------------------------------------------------------------------------------ data and RNGs
 
 
+def _source_parts(cfg: TrainConfig, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """``cfg.source`` loaded, split into (training part, held-out part) by ``cfg.holdout_fraction``.
+
+    The split is ``splits.make_splits`` with seed 0 (never ``cfg.seed``: runs that differ in seed hold
+    out the same images), stratified by class and patient-disjoint (``CXRDataset.groups``). With
+    ``holdout_fraction == 0`` the held-out part is empty."""
+    from .data import load
+    from .splits import make_splits
+
+    source = f"phantom:{cfg.num_data}" if cfg.source == "phantom" and cfg.num_data else cfg.source
+    classes = list(cfg.classes) if cfg.classes else None
+    ds = load(source, image_size=cfg.image_size, channels=cfg.channels, classes=classes, progress=progress)
+    if cfg.holdout_fraction <= 0:
+        return ds.images, ds.images[:0]
+    parts = make_splits(ds.labels.numpy(), np.asarray(ds.groups), (1 - cfg.holdout_fraction, cfg.holdout_fraction),
+                        seed=0, names=("train", "holdout"))
+    if len(parts["holdout"]) == 0 or len(parts["train"]) == 0:
+        raise DataError(f"holdout_fraction {cfg.holdout_fraction} of {len(ds.images)} images leaves "
+                        f"{len(parts['train'])} to train on and {len(parts['holdout'])} held out")
+    return ds.images[torch.from_numpy(parts["train"])], ds.images[torch.from_numpy(parts["holdout"])]
+
+
+def held_out_images(cfg: TrainConfig, progress: bool = True) -> torch.Tensor:
+    """The images of ``cfg.source`` a run never trains on (``holdout_fraction`` of them, see
+    :func:`training_images`), float32 (N, C, S, S) in [-1, 1]; empty when ``holdout_fraction`` is 0."""
+    return _source_parts(cfg, progress)[1].float()
+
+
 def training_images(cfg: TrainConfig, images: torch.Tensor | None = None, progress: bool = True) -> torch.Tensor:
     """The training set as one float32 (N, C, S, S) tensor in [-1, 1]: ``images`` or ``data.load``.
 
-    The data never depend on ``cfg.seed`` (the phantom is rendered with its default seed, the
-    ``max_images`` subset is fixed), so runs that differ only in seed see the same images. Images of
-    another shape, with NaN/inf pixels or outside [-1, 1] (0..255 floats), or fewer than one batch, are
-    refused (ConfigError, DataError) before anything trains."""
+    Loaded from ``cfg.source``, the ``holdout_fraction`` part (:func:`held_out_images`) is left out
+    first, then ``max_images`` caps the rest. The data never depend on ``cfg.seed`` (the phantom is
+    rendered with its default seed, the held-out split and the ``max_images`` subset are fixed), so
+    runs that differ only in seed see the same images. Images of another shape, with NaN/inf pixels or
+    outside [-1, 1] (0..255 floats), or fewer than one batch, are refused (ConfigError, DataError)
+    before anything trains; so are given ``images`` with ``holdout_fraction > 0`` (the caller chose
+    the training images: hold out before passing them)."""
     if images is None:
-        from .data import load
-
-        source = f"phantom:{cfg.num_data}" if cfg.source == "phantom" and cfg.num_data else cfg.source
-        classes = list(cfg.classes) if cfg.classes else None
-        images = load(source, image_size=cfg.image_size, channels=cfg.channels, classes=classes,
-                      progress=progress).images
+        images = _source_parts(cfg, progress)[0]
+    elif cfg.holdout_fraction > 0:
+        raise ConfigError(f"holdout_fraction {cfg.holdout_fraction} applies to the images loaded from source; "
+                          "with images given, hold out before passing them (holdout_fraction=0)")
     expected = (cfg.channels, cfg.image_size, cfg.image_size)
     if images.dim() != 4 or tuple(images.shape[1:]) != expected:
         raise ConfigError(f"training images have shape {tuple(images.shape)}, config expects (N, *{expected})")

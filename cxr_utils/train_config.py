@@ -95,6 +95,9 @@ class TrainConfig:
     n_fixed: int = C.option(64, "number of fixed latents for the sample grids")
     max_images: int | None = C.option(None, "cap on the data set size (a fixed random subset)")
     num_data: int | None = C.option(None, "phantom size when source is plain 'phantom'")
+    holdout_fraction: float = C.option(0.0, "keep this share of the source apart, never trained on (a fixed "
+                                            "split, patient-disjoint, stratified by class): evaluate's real "
+                                            "reference for the run; 0 = train on everything (the references)")
     # Best-checkpoint scoring (metrics.CheckpointScorer): KID of the EMA generator on fixed latents
     # against a fixed real subset, every score_every_kimg; the lowest is kept as network-best.pt.
     score_every_kimg: float = C.option(0.0, "score the (EMA) generator by KID every this many kimg and keep "
@@ -145,6 +148,7 @@ class TrainConfig:
             (all(e >= 1 for e in self.grid_epochs), "grid_epochs must be >= 1"),
             (self.max_images is None or self.max_images >= 1, "max_images must be >= 1"),
             (self.num_data is None or self.num_data >= 1, "num_data must be >= 1"),
+            (0 <= self.holdout_fraction < 1, "holdout_fraction must be in [0, 1)"),
             (self.score_every_kimg >= 0, f"score_every_kimg must be >= 0 (0 = off), got {self.score_every_kimg}"),
             (self.score_n >= 2, f"score_n must be >= 2, got {self.score_n}"),
         ]

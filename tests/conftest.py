@@ -25,7 +25,7 @@ OUT = NBVAL_DIR / "out"
 
 SMOKE_PARAMETERS: dict[str, dict] = {
     "01_data_exploration": {"source": "phantom:64", "out_dir": str(OUT / "01")},
-    "02_dcgan_training": {"source": "phantom:64", "epochs": 2, "batch_size": 32,
+    "02_dcgan_training": {"source": "phantom:64", "epochs": 2, "batch_size": 32, "holdout_fraction": 0.25,
                           "run_name": "nb02", "out_root": str(OUT), "n_eval": 24},
     "03_gan_comparison": {"source": "phantom:48", "kimg": 0.064, "milestones": 2, "n_eval": 16, "seconds": None,
                           "contenders": ["DCGAN lungcancer-dcgan", "StyleGAN2-ADA", "FastGAN projected"],

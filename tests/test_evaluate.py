@@ -155,3 +155,19 @@ def test_cli_errors_are_one_line(in_tmp, capsys):
                      "--holdout-fraction", "1.5"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: --holdout-fraction") and err.count("\n") == 1
+
+
+def test_run_with_a_held_out_part_is_scored_against_images_it_never_trained_on(tmp_path):
+    from cxr_utils.train import held_out_images, make_config, train, training_images
+
+    cfg = make_config("stable", source="phantom:40", image_size=64, base=8, latent_dim=16, batch_size=16,
+                      epochs=1, precision="fp32", n_fixed=4, grid_epochs=(1,), holdout_fraction=0.25)
+    train(cfg, tmp_path / "run", progress=False)
+    from cxr_utils.evaluate import evaluate_run
+
+    m = evaluate_run(tmp_path / "run", n=16, extractors="offline", progress=False, c2st=False)
+    assert m["counts"] == {"real_train": 16, "real_holdout": 10, "fake": 16}
+    assert "never trained on" in m["real_source"]["source"]
+    seen = {x.numpy().tobytes() for x in training_images(cfg, progress=False).mean(1, keepdim=True)}
+    assert len(seen) == 30 and all(x.numpy().tobytes() not in seen
+                                   for x in held_out_images(cfg, progress=False).mean(1, keepdim=True))

@@ -473,3 +473,26 @@ def test_ema_generator_is_saved_with_its_own_standing_statistics(tmp_path, image
     assert stats and not all(torch.equal(payload["G"][k], payload["G_ema"][k]) for k in stats)
     _, loaded = runs.load_run(tmp_path / "ema")
     assert_identical(loaded.state_dict(), expected.state_dict(), "load_run")
+
+
+# ------------------------------------------------------------------------------------ held-out part
+
+
+def test_holdout_fraction_keeps_a_fixed_disjoint_part_of_the_source_apart():
+    from cxr_utils.train import held_out_images, training_images
+
+    everything = training_images(tiny(image_size=64, source="phantom:40"), progress=False)
+    cfg = tiny(image_size=64, source="phantom:40", holdout_fraction=0.25)
+    train_part, held = training_images(cfg, progress=False), held_out_images(cfg, progress=False)
+    assert (len(everything), len(train_part), len(held)) == (40, 30, 10)
+    key = lambda x: x.numpy().tobytes()  # noqa: E731
+    all_keys = [key(x) for x in everything]
+    train_keys, held_keys = {key(x) for x in train_part}, {key(x) for x in held}
+    assert train_keys.isdisjoint(held_keys) and train_keys | held_keys == set(all_keys)
+    other_seed = tiny(image_size=64, source="phantom:40", holdout_fraction=0.25, seed=7)  # the split never follows cfg.seed
+    assert torch.equal(held_out_images(other_seed, progress=False), held)
+    assert len(held_out_images(tiny(image_size=64, source="phantom:40"), progress=False)) == 0
+    with pytest.raises(ConfigError, match="hold out before passing"):
+        training_images(cfg, everything)
+    with pytest.raises(ConfigError, match="holdout_fraction"):
+        tiny(holdout_fraction=1.0)
