@@ -223,8 +223,8 @@ def fastgan_preset(**values: Any) -> dict[str, Any]:
 # FastGAN: `--model fastgan --preset cpu` finds "fastgan-cpu" (chosen by measurement, see
 # benchmarks/README.md), `--preset projected-gpu` finds "fastgan-projected-gpu".
 PRESETS |= {
-    "fastgan-cpu": fastgan_preset(image_size=64, channels=1, latent_dim=128, fastgan_width=0.5, d_arch="scratch",
-                                  feature_size=64, recon_weight=1.0, batch_size=16, kimg=20, ema_kimg=1.0,
+    "fastgan-cpu": fastgan_preset(image_size=64, channels=1, latent_dim=128, fastgan_width=0.5, d_arch="projected",
+                                  feature_size=64, recon_weight=0.0, batch_size=16, kimg=20, ema_kimg=1.0,
                                   ema_rampup=0.05, augment_p=0.5, grid_epochs=(1,), score_every_kimg=2.0),
     "fastgan-projected-gpu": fastgan_preset(image_size=256, channels=1, latent_dim=256, fastgan_width=1.0,
                                             d_arch="projected", feature_size=224, recon_weight=0.0, batch_size=32,

@@ -277,7 +277,7 @@ def test_cli_generate_evaluate_compare_and_study_accept_fastgan(tmp_path, monkey
     assert cli.main(args) == 0
     saved = json.loads((tmp_path / "run" / "training_options.json").read_text())
     assert (saved["model"], saved["d_arch"], saved["augment_pipeline"], saved["channels"]) == (
-        "fastgan", "scratch", "radiograph", 1)
+        "fastgan", "projected", "radiograph", 1)
     assert cli.main(["generate", "run", "--n", "3", "--out", "gen"]) == 0
     assert len(list((tmp_path / "gen").glob("*.png"))) == 3
     fake, info, cfg = evaluate.load_fake(str(tmp_path / "run"), 5, seed=0, image_size=None, progress=False)
@@ -285,7 +285,7 @@ def test_cli_generate_evaluate_compare_and_study_accept_fastgan(tmp_path, monkey
     ccfg = compare.make_config(contenders=["FastGAN scratch", "FastGAN projected", "FastGAN hybrid"])
     built = {n: compare.contender_config(ccfg, n, 1.0, 400) for n in ccfg.contenders}
     assert [(c.model, c.d_arch, c.channels) for c in built.values()] == [
-        ("fastgan", "scratch", 3), ("fastgan", "projected", 3), ("fastgan", "hybrid", 3)]
+        ("fastgan", "scratch", 1), ("fastgan", "projected", 1), ("fastgan", "hybrid", 1)]
     assert compare.make_config().contenders == compare.STANDARD_CONTENDERS  # the default set is unchanged
     scfg = study.make_study_config(generators=["fastgan-cpu"])
     scfg.validate()
