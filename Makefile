@@ -40,7 +40,7 @@ run: setup
 	mkdir -p $(NB_OUT)
 	$(PAPERMILL) notebooks/01_data_exploration.ipynb $(NB_OUT)/01_data_exploration.ipynb
 	$(PAPERMILL) notebooks/02_dcgan_training.ipynb $(NB_OUT)/02_dcgan_training.ipynb \
-		-p model fastgan -p epochs 12 -p holdout_fraction 0.2 -p n_eval 200 -p run_name $(MAIN_RUN)
+		-p model fastgan -p epochs 12 -p holdout_fraction 0.2 -p n_eval 150 -p run_name $(MAIN_RUN)
 	$(PAPERMILL) notebooks/05_latent_explorer.ipynb $(NB_OUT)/05_latent_explorer.ipynb \
 		-p run_dir results/$(MAIN_RUN)
 	@echo "main job finished: executed notebooks in $(NB_OUT)/, figures in results/"
