@@ -8,11 +8,12 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 NB_OUT := results/notebooks
-# The main job trains FastGAN with its from-scratch discriminator (`fastgan-cpu`): in notebook 03's
-# comparison of record (equal training time, held-out images, phantom and real radiographs) it had the
-# lowest offline FID and the highest precision/recall on both data sets (benchmarks/README.md). 7 epochs
-# (14 kimg) keep the whole job under 10 minutes on 2 CPU cores; n_eval 250 bounds the Inception pass
-# and still holds out the 50 real images the classifier two-sample test (C2ST) needs.
+# The main job trains FastGAN with its projected discriminator (`fastgan-cpu`: frozen EfficientNet-Lite0
+# features, 1 channel): in the comparison at equal training time on held-out images (phantom and real
+# radiographs, benchmarks/README.md) it had the lowest Inception FID/KID and the only samples with ribs,
+# clavicles and lung fields in place. It holds out a fifth of the phantom (never trained on) as the
+# evaluation's real reference; 12 epochs on the other 1,600 images (19.2 kimg) and n_eval 150 (the
+# Inception pass) keep the whole job under 10 minutes on 2 CPU cores.
 # `-p preset stable` or `-p model dcgan -p preset lungcancer-dcgan` reproduce the DCGAN recipes.
 MAIN_RUN := fastgan-phantom
 # --log-output streams every cell's output (training progress, one line per epoch) to the terminal
