@@ -425,6 +425,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
     score_every = max(1, round(cfg.score_every_kimg * 1000))  # images between checkpoint scores
     score_seconds = 0.0  # spent scoring in this call; not training time (time_s, time_budget_s exclude it)
     checkpointed = count.epoch if resume else None  # epoch of the last checkpoint on disk
+    standing_at = -1  # images seen when G_ema last got standing statistics (the same EMA needs them once)
     with runs.open_stats(run_dir) if main else contextlib.nullcontext() as stats_file:
         for epoch in range(count.epoch + 1, epochs + 1):
             perm = torch.randperm(len(data), generator=parts.order).to(device)
@@ -450,6 +451,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
                         scorer = _checkpoint_scorer(cfg, data, device)
                     if G_ema is not None and not (cfg.sync_batchnorm and world.enabled):  # (rank 0 only here:
                         standing_statistics(G_ema, cfg.latent_dim, device, seed=cfg.seed)  # no collectives)
+                        standing_at = count.images
                     score = _score(scorer, G_ema if G_ema is not None else G, cfg, device)
                     meta |= score
                     if score["kid"] is not None and (best is None or score["kid"] < best["kid"]):
@@ -478,7 +480,7 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
             out_of_time = _out_of_time(cfg, count.seconds)
             last = epoch == epochs or out_of_time
             grid_now = epoch % cfg.sample_every == 0 or epoch in cfg.grid_epochs or last
-            if G_ema is not None and (grid_now or epoch % cfg.checkpoint_every == 0):
+            if G_ema is not None and (grid_now or epoch % cfg.checkpoint_every == 0) and standing_at != count.images:
                 # every process: with SyncBatchNorm the forward is a collective; the next ema_update copies
                 # G's statistics back, so training itself never sees these
                 standing_statistics(G_ema, cfg.latent_dim, device, seed=cfg.seed)
