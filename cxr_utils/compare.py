@@ -58,6 +58,7 @@ DEFAULT_CONTENDERS: dict[str, tuple[str, dict[str, Any]]] = {
     "FastGAN scratch": ("fastgan-cpu", {"d_arch": "scratch", "recon_weight": 1.0}),
     "FastGAN projected": ("fastgan-cpu", {"d_arch": "projected", "recon_weight": 0.0}),
     "FastGAN hybrid": ("fastgan-cpu", {"d_arch": "hybrid", "recon_weight": 1.0}),
+    "FastGAN projected+detail": ("fastgan-cpu", {"d_arch": "projected", "recon_weight": 0.0, "detail_head": True}),
 }
 # What notebook 03 compares unless told otherwise (the FastGAN contenders are chosen by name).
 STANDARD_CONTENDERS = ("DCGAN lungcancer-dcgan", "DCGAN stable", "StyleGAN2-ADA", "StyleGAN2 no ADA")

@@ -12,8 +12,9 @@ from torch import nn
 
 from cxr_utils.errors import ConfigError
 from cxr_utils.models import fastgan
-from cxr_utils.models.fastgan import (Generator, HybridDiscriminator, ProjectedDiscriminator, RandomProjection,
-                                      ScratchDiscriminator, build_discriminator, build_generator)
+from cxr_utils.models.fastgan import (DetailDiscriminator, Generator, HybridDiscriminator, ProjectedDiscriminator,
+                                      RandomProjection, ScratchDiscriminator, WithDetail, build_discriminator,
+                                      build_generator)
 
 
 def lite0() -> nn.Module:
@@ -267,6 +268,63 @@ def test_builders_read_config_fields():
     assert (G.z_dim, G.image_size, G.channels) == (128, 64, 3)
 
 
+def expected_detail_params(c: int) -> int:
+    """4x4 convs 2c->16 and 16->32, 3x3 conv 32->32, 1x1 conv 32->1, all with biases."""
+    return (2 * c * 16 * 16 + 16) + (16 * 32 * 16 + 32) + (32 * 32 * 9 + 32) + (32 + 1)
+
+
+@pytest.mark.parametrize("c", [1, 3])
+@pytest.mark.parametrize("size", [64, 128])
+def test_detail_discriminator_shape_count_and_laplacian_input(c, size):
+    torch.manual_seed(0)
+    D = DetailDiscriminator(size, c)
+    x = torch.rand(2, c, size, size) * 2 - 1
+    seen = {}
+    D.net[0].register_forward_pre_hook(lambda m, args: seen.setdefault("input", args[0].detach()))
+    (logits,) = D(x)
+    assert logits.shape == (2, 1, size // 4, size // 4) and D.head_names == ["detail"]
+    assert n_params(D) == expected_detail_params(c)
+    # the second half of the input is 4x the 4-neighbour Laplacian with edge replication, computed
+    # independently with scipy (mode="nearest" repeats the edge pixel)
+    import numpy as np
+    from scipy import ndimage
+    ref = np.stack([[ndimage.laplace(x[n, k].double().numpy(), mode="nearest") for k in range(c)] for n in range(2)])
+    assert torch.equal(seen["input"][:, :c], x)
+    assert np.allclose(seen["input"][:, c:].double().numpy(), 4 * ref, atol=1e-5)
+    # a flat image has no detail: its Laplacian half is zero
+    seen.clear()
+    D(torch.full((1, c, size, size), 0.3))
+    assert torch.count_nonzero(seen["input"][:, c:]) == 0
+
+
+@pytest.mark.parametrize("arch, heads", [
+    ("scratch", ["scratch8", "scratch4", "detail"]),
+    ("projected", ["proj0", "proj1", "proj2", "proj3", "detail"]),
+    ("hybrid", ["scratch8", "scratch4", "proj0", "proj1", "proj2", "proj3", "detail"]),
+])
+def test_detail_head_joins_every_arch_and_keeps_its_reconstruction(arch, heads):
+    cfg = SimpleNamespace(d_arch=arch, image_size=64, channels=1, feature_size=64, detail_head=True)
+    torch.manual_seed(0)
+    D = build_discriminator(cfg, feature_network=lite0() if arch != "scratch" else None)
+    torch.manual_seed(0)
+    plain = build_discriminator(SimpleNamespace(**{**vars(cfg), "detail_head": False}),
+                                feature_network=lite0() if arch != "scratch" else None)
+    assert isinstance(D, WithDetail) and D.head_names == heads
+    assert n_params(D) == n_params(plain) + expected_detail_params(1)
+    x = torch.rand(3, 1, 64, 64) * 2 - 1
+    D.eval()  # no spectral-norm power iteration between the two calls below
+    logits = D(x)
+    assert len(logits) == len(heads) and logits[-1].shape == (3, 1, 16, 16)
+    # the base's logits are exactly what the base alone gives
+    for a, b in zip(logits[:-1], D.base(x)):
+        assert torch.equal(a, b)
+    assert hasattr(D, "forward_with_reconstruction") == (arch != "projected")
+    if arch != "projected":
+        logits2, recon = D.forward_with_reconstruction(x)
+        assert len(logits2) == len(heads) and recon.shape == (3, 1, 32, 32)
+        assert torch.equal(D.reconstruction_target(x), D.base.reconstruction_target(x))
+
+
 @pytest.mark.parametrize("make, message", [
     (lambda: Generator(image_size=32), "image_size"),
     (lambda: Generator(channels=2), "channels"),
@@ -277,6 +335,9 @@ def test_builders_read_config_fields():
     (lambda: ProjectedDiscriminator(lite0(), feature_size=16), "feature_size"),
     (lambda: Generator(z_dim=8)(torch.randn(2, 9)), "latents"),
     (lambda: ScratchDiscriminator(64, 1)(torch.randn(2, 3, 64, 64)), "expects images"),
+    (lambda: DetailDiscriminator(64, 1)(torch.randn(2, 1, 32, 32)), "expects images"),
+    (lambda: DetailDiscriminator(48, 1), "image_size"),
+    (lambda: WithDetail(ScratchDiscriminator(64, 1), DetailDiscriminator(128, 1)), "disagree"),
 ])
 def test_bad_input_is_a_config_error(make, message):
     with pytest.raises(ConfigError, match=message):

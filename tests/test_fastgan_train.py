@@ -93,6 +93,13 @@ def test_bad_fastgan_fields_are_one_line_config_errors(bad, message):
     assert "\n" not in str(err.value)
 
 
+def test_detail_head_is_a_fastgan_option():
+    with pytest.raises(ConfigError, match="detail_head is a FastGAN option") as err:
+        make_config("stable", detail_head=True)
+    assert "\n" not in str(err.value)
+    assert make_config(model="fastgan", detail_head=True).detail_head is True
+
+
 def test_radiograph_pipeline_has_no_colour_ops_and_keeps_gray_gray():
     cfg = make_config(model="fastgan", augment_p=1.0)
     aug = from_train_config(cfg)
