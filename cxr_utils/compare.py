@@ -89,6 +89,8 @@ class CompareConfig:
     extractors: tuple[str, ...] = C.option(("offline", "inception"), "feature extractors for FID/KID/PR "
                                                                       "(the first one ranks the verdict's FID)")
     c2st: bool = C.option(True, "classifier two-sample test, held-out real vs generated, with its floor")
+    c2st_bands: bool = C.option(False, "also the C2ST on the coarse (4x4 block means) and detail (image minus "
+                                       "its blur) bands, with their floors: what gives the samples away")
     train_overrides: dict[str, Any] = field(default_factory=dict)  # applied to every contender (e.g. base)
 
     def validate(self) -> None:
@@ -292,6 +294,20 @@ def run(cfg: CompareConfig, out_dir: str | Path, images: torch.Tensor | None = N
             floor.update(held_out_c2st(ref_train))
         return floor
 
+    band_floors: dict[str, dict[str, Any]] = {}
+
+    def band_columns(fake: torch.Tensor) -> dict[str, Any]:
+        from .c2st import c2st_bands
+
+        opts = dict(seed=cfg.seed, max_per_set=len(real_hold), steps=C2ST_STEPS, bands=("coarse", "detail"))
+        if not band_floors:
+            band_floors.update(c2st_bands(gray_hold, to_gray(ref_train), **opts))
+        cols: dict[str, Any] = {}
+        for name, test in c2st_bands(gray_hold, to_gray(fake), **opts).items():
+            cols |= {f"c2st_{name}_auc": test["auc"], f"c2st_{name}_auc_ci95": test["auc_ci95"],
+                     f"c2st_{name}_floor": band_floors[name]["auc"]}
+        return cols
+
     def measure(name: str, budget: str, milestone: int, kimg: float, seconds: float | None = None) -> None:
         if (name, budget, milestone) in done:
             return
@@ -315,6 +331,8 @@ def run(cfg: CompareConfig, out_dir: str | Path, images: torch.Tensor | None = N
             row["c2st_skipped"] = f"C2ST needs >= 10 held-out and generated images, got {len(real_hold)}, {len(fake)}"
         elif cfg.c2st:  # against held-out images: a generator that copies its training set does not pass
             row |= _c2st_columns(held_out_c2st(fake.float()), c2st_floor())
+            if cfg.c2st_bands:
+                row |= band_columns(fake.float())
         if result.history and result.history[-1].get("augment_p") is not None:
             row["augment_p"] = result.history[-1]["augment_p"]
         rows.append(row)
@@ -521,7 +539,8 @@ def make_config(**overrides: Any) -> CompareConfig:
 
 
 TABLE_COLUMNS = ("contender", "budget", "kimg", "train_s", "img_per_s", "c2st_auc", "c2st_auc_ci95",
-                 "c2st_accuracy", "c2st_floor", "inception_fid", "inception_fid_baseline", "inception_kid",
+                 "c2st_accuracy", "c2st_floor", "c2st_coarse_auc", "c2st_detail_auc", "inception_fid",
+                 "inception_fid_baseline", "inception_kid",
                  "fid", "fid_baseline", "precision", "recall", "inception_precision", "inception_recall",
                  "msssim", "msssim_real", "copy_rate")
 

@@ -111,7 +111,7 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
              kid_subset_size: int = 1000, kid_subsets: int = 100, diversity_pairs: int = 1000,
              collapse_margin: float = 0.1, copy_percentile: float = 1.0,
              provenance: Mapping[str, Any] | None = None, c2st: bool | None = None, c2st_max_seeds: int = 20,
-             c2st_max_per_set: int = 1000, c2st_steps: int = 150,
+             c2st_max_per_set: int = 1000, c2st_steps: int = 150, c2st_bands: bool = False,
              feature_cache: str | Path | None = FEATURE_CACHE, deep_max: int | None = DEEP_MAX) -> dict:
     """Every metric of generated ``fake`` images against real ones, as a JSON-ready dict.
 
@@ -129,7 +129,10 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
     With ``c2st`` (default None: when at least ``C2ST_AUTO_MIN`` generated and held-out images are
     given; below that its test part is too small to say much) the classifier two-sample test (``cxr_utils.c2st``, Lopez-Paz & Oquab 2017) runs
     real vs generated and, as its floor, real vs held-out real (up to ``c2st_max_per_set`` images per
-    set, ``c2st_steps`` optimiser steps and ``c2st_max_seeds`` seeds). ``result["summary"]`` is the
+    set, ``c2st_steps`` optimiser steps and ``c2st_max_seeds`` seeds). With ``c2st_bands`` it runs again on
+    the coarse (4x4 block means) and detail (image minus its blur) bands of both sets, each with its own
+    floor (``result["c2st"]["bands"]``, see ``c2st.c2st_bands``): whether layout or texture gives the
+    samples away, still informative when the full test is saturated at 1. ``result["summary"]`` is the
     compact table (metric, value, real baseline, ratio, n) in a flat form; ``progress`` also prints it.
     """
     extractors = list(coerce("extractors", extractors, tuple[str, ...]))  # "a,b" or "['a', 'b']"
@@ -205,11 +208,18 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
             opts = dict(seed=seed, min_seeds=min(5, c2st_max_seeds), max_seeds=c2st_max_seeds,
                         max_per_set=c2st_max_per_set, steps=c2st_steps)
             test, floor = C.c2st(train, gen, **opts), C.c2st(train, holdout, **opts)
+            bands = {}
+            if c2st_bands:
+                by_band = C.c2st_bands(train, gen, bands=("coarse", "detail"), **opts)
+                floors = C.c2st_bands(train, holdout, bands=("coarse", "detail"), **opts)
+                bands = {"bands": {b: {"auc": t["auc"], "auc_ci95": t["auc_ci95"], "n_seeds": t["n_seeds"],
+                                       "real_baseline": floors[b]["auc"], "real_baseline_ci95": floors[b]["auc_ci95"]}
+                                   for b, t in by_band.items()}}
         result["c2st"] = {**test, "real_baseline": floor["auc"], "real_baseline_ci95": floor["auc_ci95"],
                           "real_baseline_n_seeds": floor["n_seeds"], "real_baseline_n_per_set": floor["n_per_set"],
                           "real_baseline_accuracy": floor["accuracy"],
                           "headline": "ROC AUC on unseen images (0.5: indistinguishable)",
-                          **_counts(n_r, n_f, seed, n_holdout=n_h)}
+                          **bands, **_counts(n_r, n_f, seed, n_holdout=n_h)}
     audits = {"pixel": pixel_audit, **audits}
     result["memorisation"] = {space: _audit_summary(a, space, n_r + n_h, seed) for space, a in audits.items()}
     for space, summary in result["memorisation"].items():
@@ -275,6 +285,8 @@ def summary_rows(d: dict) -> list[dict]:
     if "auc" in d.get("c2st", {}):
         c = d["c2st"]
         rows.append(_row("c2st_auc", c["auc"], c["real_baseline"], f"{c['n_per_set']}/{c['n_per_set']}"))
+        for b, t in c.get("bands", {}).items():
+            rows.append(_row(f"c2st_{b}_auc", t["auc"], t["real_baseline"], f"{c['n_per_set']}/{c['n_per_set']}"))
     div = d["diversity"]
     rows.append(_row("msssim_generated", div["generated"], div["real"], f"{div['n_pairs']} pairs"))
     for space, a in d["memorisation"].items():
@@ -336,6 +348,10 @@ def format_metrics(d: dict) -> str:
         rows.append(("C2ST AUC", "small CNN", f"{c['auc']:.3f} [{c['auc_ci95'][0]:.3f}, {c['auc_ci95'][1]:.3f}]",
                      f"{c['real_baseline']:.3f}", f"{c['n_per_set']}/{c['n_per_set']}",
                      f"{c['n_seeds']} seeds, median {c['auc_median']:.3f}, acc {c['accuracy']:.3f}"))
+        for b, t in c.get("bands", {}).items():
+            rows.append((f"C2ST AUC, {b} band", "small CNN", f"{t['auc']:.3f} [{t['auc_ci95'][0]:.3f}, "
+                         f"{t['auc_ci95'][1]:.3f}]", f"{t['real_baseline']:.3f}", f"{c['n_per_set']}/{c['n_per_set']}",
+                         f"{t['n_seeds']} seeds; " + ("layout, shading" if b == "coarse" else "edges, texture, noise")))
     div = d["diversity"]
     rows.append(("MS-SSIM (gen vs real)", "pixels", f"{div['generated']:.3f} vs {div['real']:.3f}", "",
                  f"{div['n_pairs']} pairs", "MODE COLLAPSE" if div["mode_collapse"] else "ok"))
@@ -490,6 +506,9 @@ def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
                              "snapshot")
     parser.add_argument("--no-c2st", action="store_true",
                         help="skip the classifier two-sample test (the slowest metric after Inception)")
+    parser.add_argument("--c2st-bands", action="store_true",
+                        help="also the C2ST on the coarse and detail bands: does layout or texture give the samples "
+                             "away (4 more C2STs)")
     parser.add_argument("--xrv-weights", default=None, metavar="PATH",
                         help="torchxrayvision densenet121-res224-all weights (default: its cache; never downloaded)")
 
@@ -498,7 +517,7 @@ def cli_add_arguments(parser: argparse.ArgumentParser) -> None:
 def evaluate_run(fake: str | Path, out_dir: str | Path | None = None, real: str | None = None, n: int = 2000,
                  extractors: Sequence[str] | str = DEFAULT_EXTRACTORS, holdout_fraction: float = 0.2, seed: int = 0,
                  image_size: int | None = None, weights: Mapping[str, str | Path | None] | None = None,
-                 progress: bool = True, c2st: bool | None = None,
+                 progress: bool = True, c2st: bool | None = None, c2st_bands: bool = False,
                  which: Literal["final", "best", "snapshot"] = "final") -> dict:
     """Evaluate a run folder (or a folder of generated images) the way ``python -m cxr_utils evaluate`` does.
 
@@ -524,7 +543,8 @@ def evaluate_run(fake: str | Path, out_dir: str | Path | None = None, real: str 
               "the memorisation audit only searches the images used)", file=sys.stderr)
     return evaluate(train, holdout, fake_images, extractors=extractors, seed=seed, weights=weights,
                     out_dir=project_path(out_dir) if out_dir is not None else None, progress=progress,
-                    provenance={"fake_source": fake_info, "real_source": real_info}, c2st=c2st)
+                    provenance={"fake_source": fake_info, "real_source": real_info}, c2st=c2st,
+                    c2st_bands=c2st_bands)
 
 
 def cli_run(args: argparse.Namespace) -> int:
@@ -533,7 +553,7 @@ def cli_run(args: argparse.Namespace) -> int:
     result = evaluate_run(args.fake, args.out, real=args.real, n=args.n, extractors=args.extractor,
                           holdout_fraction=args.holdout_fraction, seed=args.seed, image_size=args.image_size,
                           weights={"inception": args.inception_weights, "xrv": args.xrv_weights},
-                          c2st=False if args.no_c2st else None, which=args.which)
+                          c2st=False if args.no_c2st else None, c2st_bands=args.c2st_bands, which=args.which)
     print(format_metrics(result))
     out = project_path(args.out)
     print(f"wrote {out / 'metrics.json'}, {out / 'summary.csv'}, {out / 'nn_pairs.png'}, {out / 'nn_distances.png'}")

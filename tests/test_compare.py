@@ -210,15 +210,22 @@ def test_with_channels_gives_the_gray_image_in_either_layout():
     assert three.shape == (2, 3, 4, 4) and all(torch.equal(three[:, c:c + 1], gray) for c in range(3))
 
 
-def test_fastgan_contender_trains_on_one_channel_and_is_scored_in_gray(tmp_path):
+def test_fastgan_contender_trains_on_one_channel_and_is_scored_in_gray(tmp_path, monkeypatch):
+    monkeypatch.setattr(compare, "C2ST_STEPS", 30)  # six C2STs of up to 20 seeds here; shape, not power
     ph = phantom.generate(60, 64, seed=2)
     images = from_uint8(torch.from_numpy(ph.images))[:, None].repeat(1, 3, 1, 1)  # replicated gray, as loaded
     tiny_fastgan = {"fastgan_width": 0.125, "n_fixed": 4, "precision": "fp32", "latent_dim": 16}
     cfg = compare.make_config(source="phantom:60", image_size=64, kimg=0.032, milestones=1, n_eval=16,
                               contenders=["FastGAN scratch"], train_overrides=tiny_fastgan, extractors=["offline"],
-                              equal_wall_time=False)
+                              equal_wall_time=False, c2st_bands=True)
     comp = compare.run(cfg, tmp_path / "cmp", images=images, progress=False)
     options = json.loads((tmp_path / "cmp" / "fastgan-scratch" / "training_options.json").read_text())
-    assert options["channels"] == 1 and options["d_arch"] == "scratch"
+    assert options["channels"] == 1 and options["d_arch"] == "scratch" and options["detail_head"] is False
     (row,) = comp.rows
     assert row["c2st_n"] == 12 and 0.0 <= row["c2st_auc"] <= 1.0 and row["fid"] is not None
+    for band in ("coarse", "detail"):  # the band tests ran, each with its own floor
+        lo, hi = row[f"c2st_{band}_auc_ci95"]
+        assert lo <= row[f"c2st_{band}_auc"] <= hi and 0.0 <= row[f"c2st_{band}_floor"] <= 1.0
+    assert "c2st_detail_auc" in compare.format_table(comp)
+    detail = compare.contender_config(cfg, "FastGAN projected+detail", 1.0, 48)
+    assert detail.detail_head and detail.d_arch == "projected" and detail.channels == 1

@@ -38,7 +38,7 @@ def test_fresh_samples_pass_and_every_value_is_labelled(real, tmp_path):
     fake = _phantom(100, seed=1).expand(-1, 3, -1, -1)  # 3 = replicated gray is accepted
     out = tmp_path / "eval"
     d = evaluate(train, holdout, fake, extractors="offline,xrv", seed=5, out_dir=out, progress=False,
-                 c2st=True, c2st_max_seeds=2, c2st_steps=30)
+                 c2st=True, c2st_max_seeds=2, c2st_steps=30, c2st_bands=True)
 
     assert d["counts"] == {"real_train": 120, "real_holdout": 40, "fake": 100} and d["seed"] == 5
     for key in ("fid", "kid", "precision_recall", "density_coverage"):
@@ -61,6 +61,12 @@ def test_fresh_samples_pass_and_every_value_is_labelled(real, tmp_path):
     c = d["c2st"]
     assert c["n_seeds"] == 2 and c["n_per_set"] == 100 and c["real_baseline_n_per_set"] == 40
     assert c["auc_ci95"][0] <= c["auc"] <= c["auc_ci95"][1]
+    assert set(c["bands"]) == {"coarse", "detail"}
+    for b, t in c["bands"].items():
+        assert t["n_seeds"] == 2 and t["auc_ci95"][0] <= t["auc"] <= t["auc_ci95"][1]
+        assert d["summary"][f"c2st_{b}_auc"]["value"] == pytest.approx(t["auc"])
+        assert d["summary"][f"c2st_{b}_auc"]["real_baseline"] == pytest.approx(t["real_baseline"])
+    assert "C2ST AUC, detail band" in table
     assert d["precision_recall"]["offline"]["real_baseline_recall"] > 0.5
     summary = pd.read_csv(out / "summary.csv")
     assert list(summary.columns) == ["metric", "value", "real_baseline", "ratio_to_baseline", "n"]
@@ -129,6 +135,27 @@ def test_cli_on_a_folder_of_pngs(in_tmp):
     assert d["fake_source"]["kind"] == "folder" and d["fake_source"]["files"] == 70
     assert d["counts"]["fake"] == 60 and d["counts"]["real_train"] + d["counts"]["real_holdout"] == 60
     assert d["real_source"] == {"source": "phantom:100", "available": 100, "used": 60, "holdout_fraction": 0.2}
+
+
+def test_cli_c2st_bands_flag_reaches_evaluate(in_tmp, monkeypatch):
+    from cxr_utils import evaluate as E
+
+    seen = {}
+
+    def fake_evaluate(*args, **kwargs):
+        seen.update(kwargs)
+        raise SystemExit(0)
+
+    folder = in_tmp / "fake"
+    folder.mkdir()
+    for i, img in enumerate(phantom.generate(12, 64, seed=2).images):
+        Image.fromarray(img).save(folder / f"{i:03d}.png")
+    monkeypatch.setattr(E, "evaluate", fake_evaluate)
+    for flags, expected in (([], False), (["--c2st-bands"], True)):
+        with pytest.raises(SystemExit):
+            cli.main(["evaluate", "--fake", "fake", "--real", "phantom:20", "--out", "ev", "--n", "12",
+                      "--extractor", "offline", *flags])
+        assert seen["c2st_bands"] is expected
 
 
 def test_cli_on_a_run_uses_its_training_set(in_tmp):
