@@ -180,6 +180,27 @@ def test_resume_is_bit_identical_and_the_frozen_network_never_changes(tmp_path):
     assert len(a["steps"]["opt_d"]["state"]) == n_trainable
 
 
+def test_detail_head_trains_through_the_loop_and_resumes_exactly(tmp_path):
+    """The detail discriminator is one more head for the loss: its weights train, the run resumes to the
+    same state, and the saved D carries it (a run without it has no such keys)."""
+    tiny = {**TINY, "d_arch": "projected", "recon_weight": 0.0, "detail_head": True}
+    images = phantom_images(8)
+    train(make_config(**{**tiny, "epochs": 1}), tmp_path / "split", images=images, progress=False)
+    one = torch.load(tmp_path / "split" / "training-state.pt", weights_only=True)["steps"]["D"]
+    train(make_config(**tiny), tmp_path / "split", images=images, resume=True, progress=False)
+    train(make_config(**tiny), tmp_path / "straight", images=images, progress=False)
+    a = torch.load(tmp_path / "straight" / "training-state.pt", weights_only=True)
+    b = torch.load(tmp_path / "split" / "training-state.pt", weights_only=True)
+    for key in ("steps", "G_ema", "rng"):
+        assert_identical(a[key], b[key], key)
+    detail = [k for k in one if k.startswith("detail.") and k.endswith("original")]
+    assert len(detail) == 4  # four spectral-norm convs
+    # the second epoch's two D steps moved every one of them
+    assert all(not torch.equal(a["steps"]["D"][k], one[k]) for k in detail)
+    assert not any(k.startswith("detail.") for k in build_discriminator(
+        make_config(**{**tiny, "detail_head": False})).state_dict())
+
+
 # ----------------------------------------------------------------------------- two gloo processes
 
 SCRIPT = """
