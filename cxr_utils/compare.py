@@ -59,6 +59,8 @@ DEFAULT_CONTENDERS: dict[str, tuple[str, dict[str, Any]]] = {
     "FastGAN projected": ("fastgan-cpu", {"d_arch": "projected", "recon_weight": 0.0}),
     "FastGAN hybrid": ("fastgan-cpu", {"d_arch": "hybrid", "recon_weight": 1.0}),
     "FastGAN projected+detail": ("fastgan-cpu", {"d_arch": "projected", "recon_weight": 0.0, "detail_head": True}),
+    "FastGAN projected bilinear": ("fastgan-cpu", {"d_arch": "projected", "recon_weight": 0.0,
+                                                   "fastgan_upsample": "bilinear"}),
 }
 # What notebook 03 compares unless told otherwise (the FastGAN contenders are chosen by name).
 STANDARD_CONTENDERS = ("DCGAN lungcancer-dcgan", "DCGAN stable", "StyleGAN2-ADA", "StyleGAN2 no ADA")

@@ -80,6 +80,8 @@ class TrainConfig:
                    "features) or hybrid (both)")
     feature_size: int = C.option(128, "FastGAN projected D: images are resized to this side for EfficientNet-Lite0")
     recon_weight: float = C.option(0.0, "FastGAN scratch D: weight of the L1 reconstruction loss; 0 = off")
+    fastgan_upsample: Literal["nearest", "bilinear"] = C.option(
+        "nearest", "FastGAN generator's x2 upsampling: nearest (the paper's) or bilinear (a fixed low-pass)")
     detail_head: bool = C.option(False, "FastGAN: add a pixel-detail patch discriminator (image + Laplacian, "
                                         "18 px receptive field) beside d_arch's heads")
     augment_pipeline: str | None = C.option(None, "ada.PIPELINES name (e.g. radiograph); None: diffaugment for "
@@ -145,6 +147,7 @@ class TrainConfig:
             (self.feature_size >= 32, "feature_size must be >= 32"),
             (self.recon_weight >= 0, "recon_weight must be >= 0"),
             (self.model == "fastgan" or not self.detail_head, "detail_head is a FastGAN option (model fastgan)"),
+            (self.fastgan_upsample in ("nearest", "bilinear"), "fastgan_upsample must be nearest or bilinear"),
             (self.model != "fastgan" or self.recon_weight == 0 or self.d_arch != "projected",
              "recon_weight > 0 needs a scratch part: d_arch scratch or hybrid (or recon_weight 0)"),
             (self.sample_every >= 1 and self.checkpoint_every >= 1, "sample_every, checkpoint_every >= 1"),

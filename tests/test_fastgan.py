@@ -98,6 +98,47 @@ def test_width_multiplier_and_noise():
     assert not torch.equal(Gn(z), Gn(z))
 
 
+def _bilinear_x2_reference(a: "np.ndarray") -> "np.ndarray":
+    """x2 bilinear upsampling of an (h, w) array by its definition (half-pixel centres, edges clamped),
+    written out independently of torch: output pixel i samples source coordinate (i + 0.5) / 2 - 0.5."""
+    import numpy as np
+
+    def axis(n: int) -> tuple:
+        src = (np.arange(2 * n) + 0.5) / 2 - 0.5
+        src = np.clip(src, 0, n - 1)
+        lo = np.floor(src).astype(int)
+        hi = np.minimum(lo + 1, n - 1)
+        return lo, hi, src - lo
+
+    (r0, r1, fr), (c0, c1, fc) = axis(a.shape[0]), axis(a.shape[1])
+    rows = a[r0] * (1 - fr)[:, None] + a[r1] * fr[:, None]
+    return rows[:, c0] * (1 - fc)[None, :] + rows[:, c1] * fc[None, :]
+
+
+@pytest.mark.parametrize("mode", ["nearest", "bilinear"])
+def test_generator_upsampling_modes(mode):
+    import numpy as np
+
+    torch.manual_seed(0)
+    G = Generator(16, 64, 1, width=0.25, upsample=mode)
+    assert n_params(G) == n_params(Generator(16, 64, 1, width=0.25))  # a fixed filter: no parameters
+    seen = {}
+    G.ups["8"].conv.register_forward_pre_hook(lambda m, args: seen.setdefault("x", args[0].detach()))
+    z = torch.randn(2, 16)
+    with torch.no_grad():
+        x4 = torch.nn.functional.glu(G.init_bn(G.init(z[:, :, None, None])), dim=1)
+        G(z)
+    up = seen["x"]
+    assert up.shape == (2, x4.shape[1], 8, 8)
+    for n in range(2):
+        for c in range(x4.shape[1]):
+            a = x4[n, c].double().numpy()
+            ref = _bilinear_x2_reference(a) if mode == "bilinear" else np.kron(a, np.ones((2, 2)))
+            assert np.allclose(up[n, c].double().numpy(), ref, atol=1e-5)
+    cfg = SimpleNamespace(latent_dim=16, image_size=64, channels=1, fastgan_upsample=mode)
+    assert all(b.upsample == mode for b in build_generator(cfg).ups.values())
+
+
 def test_sle_gates_in_unit_interval_and_modulate():
     torch.manual_seed(0)
     G = Generator(z_dim=16, image_size=64, channels=1)
@@ -330,6 +371,7 @@ def test_detail_head_joins_every_arch_and_keeps_its_reconstruction(arch, heads):
     (lambda: Generator(channels=2), "channels"),
     (lambda: Generator(width=0), "fastgan_width"),
     (lambda: Generator(widths={64: 0}), "widths"),
+    (lambda: Generator(upsample="bicubic"), "upsample must be one of"),
     (lambda: build_discriminator(SimpleNamespace(d_arch="stylegan")), "d_arch"),
     (lambda: ProjectedDiscriminator(nn.Conv2d(3, 8, 3), feature_size=64), "at least 4 feature maps"),
     (lambda: ProjectedDiscriminator(lite0(), feature_size=16), "feature_size"),

@@ -86,6 +86,7 @@ def test_registry_presets_and_prefix_rule():
     (dict(recon_weight=-1.0), "recon_weight must be >= 0"),
     (dict(augment_pipeline="colour"), "augment_pipeline must be one of"),
     (dict(compile=True), "compile is wired for dcgan only"),
+    (dict(fastgan_upsample="cubic"), "fastgan_upsample"),
 ])
 def test_bad_fastgan_fields_are_one_line_config_errors(bad, message):
     with pytest.raises(ConfigError, match=message) as err:

@@ -130,17 +130,33 @@ class NoiseInjection(nn.Module):
         return x + self.strength * noise
 
 
-class UpBlock(nn.Module):
-    """(N, cin, r, r) -> (N, cout, 2r, 2r): nearest x2, 3x3 conv to 2*cout, [noise], BatchNorm, GLU."""
+UPSAMPLE_MODES = ("nearest", "bilinear")
 
-    def __init__(self, cin: int, cout: int, noise: bool = False):
+
+class UpBlock(nn.Module):
+    """(N, cin, r, r) -> (N, cout, 2r, 2r): x2 upsampling (``upsample``: nearest, FastGAN's, or bilinear),
+    3x3 conv to 2*cout, [noise], BatchNorm, GLU.
+
+    Bilinear upsampling (align_corners=False) is a fixed low-pass before the conv, in the spirit of
+    StyleGAN2's filtered upsampling (Karras et al. 2020) and of Odena et al. 2016 ("Deconvolution and
+    checkerboard artifacts"): nearest x2 copies each pixel into a 2x2 block, and a generator at a few
+    dozen kimg leaves that grid visible in flat regions, the texture a C2ST's detail band picks up.
+    """
+
+    def __init__(self, cin: int, cout: int, noise: bool = False, upsample: str = "nearest"):
         super().__init__()
+        if upsample not in UPSAMPLE_MODES:
+            raise ConfigError(f"fastgan upsample must be one of {UPSAMPLE_MODES}, got {upsample!r}")
+        self.upsample = upsample
         self.conv = nn.Conv2d(cin, 2 * cout, 3, 1, 1, bias=False)
         self.noise = NoiseInjection() if noise else nn.Identity()
         self.bn = nn.BatchNorm2d(2 * cout)
 
     def forward(self, x: Tensor) -> Tensor:
-        x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        if self.upsample == "nearest":
+            x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+        else:
+            x = F.interpolate(x, scale_factor=2.0, mode="bilinear", align_corners=False)
         return F.glu(self.bn(self.noise(self.conv(x))), dim=1)
 
 
@@ -174,13 +190,14 @@ class Generator(nn.Module):
         width: multiplier on :data:`G_WIDTHS` (ignored for resolutions given in ``widths``).
         widths: optional per-resolution channel table overriding the scaled defaults.
         noise: add noise injection to every upsampling block.
+        upsample: ``"nearest"`` (FastGAN's) or ``"bilinear"`` in every upsampling block (see UpBlock).
 
     Raises:
         ConfigError: size, channels or width out of range; a latent of the wrong shape in ``forward``.
     """
 
     def __init__(self, z_dim: int = 128, image_size: int = 64, channels: int = 3, width: float = 1.0,
-                 widths: dict[int, int] | None = None, noise: bool = False):
+                 widths: dict[int, int] | None = None, noise: bool = False, upsample: str = "nearest"):
         super().__init__()
         _check_common(image_size, channels)
         if z_dim < 1:
@@ -196,7 +213,7 @@ class Generator(nn.Module):
         self.ups = nn.ModuleDict()
         r = 8
         while r <= image_size:
-            self.ups[str(r)] = UpBlock(ch[r // 2], ch[r], noise)
+            self.ups[str(r)] = UpBlock(ch[r // 2], ch[r], noise, upsample)
             r *= 2
         self.sle_source = {hi: lo for lo, hi in SLE_PAIRS if hi <= image_size}
         self.sles = nn.ModuleDict({str(hi): SLE(ch[lo], ch[hi]) for hi, lo in self.sle_source.items()})
@@ -579,9 +596,10 @@ def default_feature_network() -> nn.Module:
 
 def build_generator(cfg: Any) -> Generator:
     """The FastGAN generator a config describes (``latent_dim``, ``image_size``, ``channels``,
-    ``fastgan_width``; defaults 128, 64, 3, 1.0)."""
+    ``fastgan_width``, ``fastgan_upsample``; defaults 128, 64, 3, 1.0, "nearest")."""
     return Generator(getattr(cfg, "latent_dim", 128), getattr(cfg, "image_size", 64),
-                     getattr(cfg, "channels", 3), getattr(cfg, "fastgan_width", 1.0))
+                     getattr(cfg, "channels", 3), getattr(cfg, "fastgan_width", 1.0),
+                     upsample=getattr(cfg, "fastgan_upsample", "nearest"))
 
 
 def build_discriminator(cfg: Any, feature_network: nn.Module | None = None) -> nn.Module:
