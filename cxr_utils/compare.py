@@ -399,6 +399,13 @@ def _c2st_lines(final: Mapping[str, Mapping[str, Any]]) -> list[str]:
         winners = [n for n, r in scored if n != "DCGAN stable" and separated(r, ref)]
         lines.append("  Below DCGAN stable's C2ST AUC with non-overlapping intervals: "
                      + (", ".join(winners) if winners else "none") + ".")
+    banded = [(n, r) for n, r in scored if r.get("c2st_coarse_auc") is not None]
+    if banded:
+        f = banded[0][1]
+        lines.append(f"  C2ST per band, coarse (layout) / detail (texture) (floors {f['c2st_coarse_floor']:.3f} / "
+                     f"{f['c2st_detail_floor']:.3f}): "
+                     + "; ".join(f"{n} {r['c2st_coarse_auc']:.3f} / {r['c2st_detail_auc']:.3f}" for n, r in banded)
+                     + ". The band further above its floor is what gives the samples away.")
     return lines
 
 

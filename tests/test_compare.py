@@ -196,6 +196,13 @@ def test_verdict_names_who_beats_stable_on_c2st_only_with_separate_intervals():
             for n, (a, ci) in ((n, c2st[n]) for n in names)]
     text = compare.verdict(_comparison(rows, milestones=1))
     assert "Below DCGAN stable's C2ST AUC with non-overlapping intervals: FastGAN scratch." in text
+    assert "per band" not in text  # no band columns, no band line
+    for r, (coarse, detail) in zip(rows, ((0.99, 1.0), (0.71, 0.98), (0.8, 1.0))):
+        r |= {"c2st_coarse_auc": coarse, "c2st_detail_auc": detail, "c2st_coarse_floor": 0.51,
+              "c2st_detail_floor": 0.49}
+    banded = compare.verdict(_comparison(rows, milestones=1))
+    assert ("C2ST per band, coarse (layout) / detail (texture) (floors 0.510 / 0.490): FastGAN scratch "
+            "0.710 / 0.980; FastGAN hybrid 0.800 / 1.000; DCGAN stable 0.990 / 1.000.") in banded
     assert compare.separated(rows[1], rows[0]) and not compare.separated(rows[2], rows[0])
     assert text.index("FastGAN scratch 0.900") < text.index("FastGAN hybrid 0.970")  # lower AUC first
     with pytest.raises(ConfigError, match="seconds"):
