@@ -9,6 +9,7 @@ in activations), so ``precision="fp32"`` always remains available.
 from __future__ import annotations
 
 import contextlib
+import os
 from typing import Iterator
 
 import torch
@@ -85,3 +86,35 @@ def describe(device: torch.device, amp_dtype: torch.dtype | None, channels_last:
     precision = "bf16 autocast" if amp_dtype is torch.bfloat16 else "fp32"
     layout = "channels_last" if channels_last else "contiguous"
     return f"{device.type} ({name}), {precision}, {layout}"
+
+
+
+def busy_cpu_warning(device: torch.device, threads: int | None = None, busy_cores: float | None = None,
+                     cores: int | None = None) -> str | None:
+    """A one-line warning when a multi-threaded CPU run starts on cores other jobs already use.
+
+    PyTorch's intra-op threads wait for each other at every operation; with another process on the
+    cores they wait for a thread that is not scheduled, and a run can be 10x or more slower (measured
+    on a 2-core machine: a 2-thread main job next to one single-thread training job had not finished
+    its first epoch after 13 minutes; idle, it trains 12 epochs in under 5). ``busy_cores`` is how many
+    cores are in use before this run computes anything: ``psutil.cpu_percent`` over 0.25 s (a short
+    sample, not the load average, which still remembers the previous notebook of the same pipeline).
+    Warn when it is at least 0.75 and, with this run's threads, exceeds the cores. ``threads`` and
+    ``cores`` default to ``torch.get_num_threads()`` and ``os.cpu_count()``. None on CUDA, at one
+    thread (nothing is sampled then), or when the cores are free.
+    """
+    if device.type != "cpu":
+        return None
+    threads = torch.get_num_threads() if threads is None else threads
+    if threads < 2:
+        return None
+    cores = (os.cpu_count() or 1) if cores is None else cores
+    if busy_cores is None:
+        import psutil
+
+        busy_cores = psutil.cpu_percent(interval=0.25) / 100 * cores
+    if busy_cores < 0.75 or busy_cores + threads <= cores + 0.5:
+        return None
+    return (f"warning: {busy_cores:.1f} of {cores} CPU cores are busy with other jobs and this run uses {threads} "
+            "threads; threads waiting on each other can make it many times slower: give each job one thread "
+            "(OMP_NUM_THREADS=1) or wait for the other jobs")

@@ -414,6 +414,8 @@ def train(cfg: TrainConfig, out_dir: str | Path, images: torch.Tensor | None = N
         print(f"training {cfg.model} on {len(data)} images, {per_epoch} iterations/epoch, epochs "
               f"{count.epoch + 1}..{epochs} -> {run_dir}\n  {dev.describe(device, amp_dtype, channels_last)}"
               f"{processes}")
+        if (busy := dev.busy_cpu_warning(device)) is not None:
+            print(f"  {busy}")
     fixed_z = torch.randn(cfg.n_fixed, cfg.latent_dim, generator=torch.Generator().manual_seed(cfg.seed + 1))
     fixed_z, data = fixed_z.to(device), data.to(device)
     if cfg.time_budget_s is not None and count.seconds >= cfg.time_budget_s:

@@ -89,6 +89,24 @@ def test_cli_flags_and_python_overrides_give_the_same_config(tmp_path):
     assert from_cli.epochs == 3 and from_cli.classes == ("a", "b") and from_cli.channels_last is True
 
 
+def test_busy_cpu_warning_only_when_threads_would_wait(monkeypatch):
+    cpu = torch.device("cpu")
+    warn = device.busy_cpu_warning
+    assert warn(cpu, threads=2, busy_cores=1.0, cores=2).startswith("warning: 1.0 of 2 CPU cores are busy")
+    assert "OMP_NUM_THREADS=1" in warn(cpu, threads=2, busy_cores=1.0, cores=2)
+    assert warn(cpu, threads=2, busy_cores=0.2, cores=2) is None     # a notebook's own leftovers: idle enough
+    assert warn(cpu, threads=1, busy_cores=1.9, cores=2) is None     # one thread never waits on itself
+    assert warn(cpu, threads=4, busy_cores=1.0, cores=16) is None    # enough free cores for every thread
+    assert warn(torch.device("meta"), threads=2, busy_cores=2.0, cores=2) is None  # not a CPU run
+    # the sample comes from psutil, and only when there is more than one thread
+    import psutil
+
+    calls = []
+    monkeypatch.setattr(psutil, "cpu_percent", lambda interval: calls.append(interval) or 60.0)
+    assert warn(cpu, threads=2, cores=2).startswith("warning: 1.2 of 2")
+    assert warn(cpu, threads=1, cores=2) is None and calls == [0.25]
+
+
 def test_device_choices():
     cpu = torch.device("cpu")
     assert device.resolve_precision("fp32", cpu) is None
