@@ -88,7 +88,6 @@ def describe(device: torch.device, amp_dtype: torch.dtype | None, channels_last:
     return f"{device.type} ({name}), {precision}, {layout}"
 
 
-
 def busy_cpu_warning(device: torch.device, threads: int | None = None, busy_cores: float | None = None,
                      cores: int | None = None) -> str | None:
     """A one-line warning when a multi-threaded CPU run starts on cores other jobs already use.
