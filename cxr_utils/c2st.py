@@ -92,14 +92,10 @@ def _best_threshold(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(cands[int(np.argmax(acc))])
 
 
-def c2st_once(a: torch.Tensor, b: torch.Tensor, seed: int, steps: int = 200, batch_size: int = 32,
-              lr: float = 2e-3, max_per_set: int | None = None) -> dict:
-    """One seed of the test between ``a`` (label 0) and ``b`` (label 1), both ``N x C x H x W`` in [-1, 1].
-
-    Draws ``n = min(len(a), len(b), max_per_set)`` images of each, splits them 50/20/30, trains
-    :class:`C2STNet` for ``epochs`` and returns ``{"auc", "accuracy", "threshold", "n_test"}`` on the
-    test part. Raises DataError when fewer than 10 images per set are available.
-    """
+def _fit(a: torch.Tensor, b: torch.Tensor, seed: int, steps: int, batch_size: int, lr: float,
+         max_per_set: int | None) -> tuple[C2STNet, dict[str, tuple[torch.Tensor, torch.Tensor]]]:
+    """Seed ``seed``'s draw and 50/20/30 split of ``a`` (label 0) and ``b`` (label 1), and the classifier
+    trained on its training part: ``(net, {"train"|"val"|"test": (images, labels)})``."""
     n = min(len(a), len(b), max_per_set or len(a))
     if n < 10:
         raise DataError(f"C2ST needs at least 10 images per set, got {min(len(a), len(b))}")
@@ -113,11 +109,61 @@ def c2st_once(a: torch.Tensor, b: torch.Tensor, seed: int, steps: int = 200, bat
         xa, xb = a[ia[sl]].float(), b[ib[sl]].float()
         parts[name] = (torch.cat([xa, xb]), torch.cat([torch.zeros(len(xa)), torch.ones(len(xb))]))
     net = _train_classifier(*parts["train"], seed=seed, steps=steps, batch_size=batch_size, lr=lr)
+    return net, parts
+
+
+def c2st_once(a: torch.Tensor, b: torch.Tensor, seed: int, steps: int = 200, batch_size: int = 32,
+              lr: float = 2e-3, max_per_set: int | None = None) -> dict:
+    """One seed of the test between ``a`` (label 0) and ``b`` (label 1), both ``N x C x H x W`` in [-1, 1].
+
+    Draws ``n = min(len(a), len(b), max_per_set)`` images of each, splits them 50/20/30, trains
+    :class:`C2STNet` for ``steps`` and returns ``{"auc", "accuracy", "threshold", "n_test"}`` on the
+    test part. Raises DataError when fewer than 10 images per set are available.
+    """
+    net, parts = _fit(a, b, seed, steps, batch_size, lr, max_per_set)
     val_s, test_s = _scores(net, parts["val"][0]), _scores(net, parts["test"][0])
     val_y, test_y = parts["val"][1].numpy(), parts["test"][1].numpy()
     threshold = _best_threshold(val_s, val_y)
     return {"auc": float(roc_auc_score(test_y, test_s)), "accuracy": float(((test_s > threshold) == test_y).mean()),
             "threshold": threshold, "n_test": int(len(test_y))}
+
+
+@torch.no_grad()
+def evidence_map(net: C2STNet, x: torch.Tensor) -> torch.Tensor:
+    """Where in each image the classifier finds its evidence: ``N x C x H x W`` -> ``N x H/8 x W/8`` logit
+    contributions (a class activation map, Zhou et al., "Learning Deep Features for Discriminative
+    Localization", CVPR 2016).
+
+    :class:`C2STNet` ends in a global average pool and one linear layer, so the head applied at each
+    position of the last feature map, bias included, is a map whose mean over positions is exactly the
+    logit ``net(x)``. Positive cells push toward the second set ("generated"). Each cell sees a 40 px
+    receptive field centred on it (three stride-2 4x4 convolutions, one 3x3, the 3x3 Laplacian), so
+    the map localises to about an eighth of a 64 px image, not to a pixel.
+    """
+    detail = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), net.laplacian, groups=x.shape[1])
+    features = net.body(torch.cat([x, 4 * detail], dim=1))
+    return torch.einsum("nchw,c->nhw", features, net.head.weight[0]) + net.head.bias[0]
+
+
+def c2st_evidence(a: torch.Tensor, b: torch.Tensor, seed: int = 0, steps: int = 150, batch_size: int = 32,
+                  lr: float = 2e-3, max_per_set: int | None = 1000) -> dict:
+    """Seed ``seed``'s classifier of :func:`c2st` (same draw, split and training) and its evidence maps
+    (:func:`evidence_map`) on the test images it never saw: *where* ``b`` (generated) gives itself away.
+
+    Returns ``{"auc", "difference", "test_a", "test_b", "maps_a", "maps_b", "scores_b"}``: the seed's
+    test AUC (equal to ``c2st_once(a, b, seed, ...)["auc"]``), the mean map of ``b``'s test images minus
+    the mean map of ``a``'s (``H/8 x W/8`` numpy, in logits: where the average generated image looks
+    generated), the test images (``n x C x H x W``), their maps (``n x H/8 x W/8``) and ``b``'s logits.
+    Raises DataError as :func:`c2st_once` does.
+    """
+    net, parts = _fit(a, b, seed, steps, batch_size, lr, max_per_set)
+    x, y = parts["test"]
+    test_a, test_b = x[y == 0], x[y == 1]
+    maps_a, maps_b = evidence_map(net, test_a), evidence_map(net, test_b)
+    scores = maps_b.mean(dim=(1, 2))
+    auc = roc_auc_score(y.numpy(), torch.cat([maps_a.mean(dim=(1, 2)), scores]).double().numpy())
+    return {"auc": float(auc), "difference": (maps_b.mean(0) - maps_a.mean(0)).double().numpy(),
+            "test_a": test_a, "test_b": test_b, "maps_a": maps_a, "maps_b": maps_b, "scores_b": scores}
 
 
 def t_interval(values: Sequence[float], level: float = 0.95) -> tuple[float, float, float]:

@@ -132,7 +132,9 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
     set, ``c2st_steps`` optimiser steps and ``c2st_max_seeds`` seeds). With ``c2st_bands`` it runs again on
     the coarse (4x4 block means) and detail (image minus its blur) bands of both sets, each with its own
     floor (``result["c2st"]["bands"]``, see ``c2st.c2st_bands``): whether layout or texture gives the
-    samples away, still informative when the full test is saturated at 1. ``result["summary"]`` is the
+    samples away, still informative when the full test is saturated at 1. ``result["c2st"]["evidence"]``
+    is the first seed's mean evidence map (``c2st.c2st_evidence``: where generated images give themselves
+    away), drawn as ``c2st_evidence.png`` with ``out_dir``. ``result["summary"]`` is the
     compact table (metric, value, real baseline, ratio, n) in a flat form; ``progress`` also prints it.
     """
     extractors = list(coerce("extractors", extractors, tuple[str, ...]))  # "a,b" or "['a', 'b']"
@@ -196,6 +198,7 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
         "rule": f"mode_collapse when mean generated MS-SSIM > mean real MS-SSIM + {collapse_margin}",
         **_counts(n_r, n_f, seed),
     }
+    evidence = None  # where the C2ST finds its evidence (c2st.c2st_evidence), when it runs
     if c2st is None and min(n_f, n_h) < C2ST_AUTO_MIN:
         result["c2st"] = {"skipped": f"fewer than {C2ST_AUTO_MIN} generated or held-out images ({n_f}, {n_h}); "
                                      "pass c2st=True to run it anyway"}
@@ -208,6 +211,7 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
             opts = dict(seed=seed, min_seeds=min(5, c2st_max_seeds), max_seeds=c2st_max_seeds,
                         max_per_set=c2st_max_per_set, steps=c2st_steps)
             test, floor = C.c2st(train, gen, **opts), C.c2st(train, holdout, **opts)
+            evidence = C.c2st_evidence(train, gen, seed=seed, steps=c2st_steps, max_per_set=c2st_max_per_set)
             bands = {}
             if c2st_bands:
                 by_band = C.c2st_bands(train, gen, bands=("coarse", "detail"), **opts)
@@ -219,6 +223,11 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
                           "real_baseline_n_seeds": floor["n_seeds"], "real_baseline_n_per_set": floor["n_per_set"],
                           "real_baseline_accuracy": floor["accuracy"],
                           "headline": "ROC AUC on unseen images (0.5: indistinguishable)",
+                          "evidence": {"map": evidence["difference"].round(4).tolist(), "seed": seed,
+                                       "auc": evidence["auc"], "cell_px": int(gen.shape[-1]) // 8,
+                                       "reading": "mean logit contribution per cell of the first seed's "
+                                                  "classifier, generated minus real test images "
+                                                  "(positive: looks generated; c2st.evidence_map)"},
                           **bands, **_counts(n_r, n_f, seed, n_holdout=n_h)}
     audits = {"pixel": pixel_audit, **audits}
     result["memorisation"] = {space: _audit_summary(a, space, n_r + n_h, seed) for space, a in audits.items()}
@@ -231,12 +240,12 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
     if progress:
         print(format_summary(rows))
     if out_dir is not None:
-        _write_outputs(Path(out_dir), result, audits, train, holdout, gen)
+        _write_outputs(Path(out_dir), result, audits, train, holdout, gen, evidence)
     return result
 
 
 def _write_outputs(out: Path, result: dict, audits: dict[str, dict], train: torch.Tensor,
-                   holdout: torch.Tensor, gen: torch.Tensor) -> None:
+                   holdout: torch.Tensor, gen: torch.Tensor, evidence: dict | None = None) -> None:
     from . import plots
 
     out.mkdir(parents=True, exist_ok=True)
@@ -249,6 +258,8 @@ def _write_outputs(out: Path, result: dict, audits: dict[str, dict], train: torc
     plots.nn_distance_histograms(
         {space: (a["fake_nn_distance"], a["baseline_nn_distance"], a["threshold"]) for space, a in audits.items()},
         path=out / "nn_distances.png")
+    if evidence is not None:
+        plots.c2st_evidence(evidence, path=out / "c2st_evidence.png")
 
 
 # --------------------------------------------------------------------------------------------------

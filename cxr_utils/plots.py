@@ -361,3 +361,36 @@ def nn_distance_histograms(spaces: dict[str, tuple[np.ndarray, np.ndarray, float
         ax.legend(fontsize=7)
     axes[0].set_ylabel("density")
     return finish(fig, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# where a classifier two-sample test finds its evidence
+
+
+def c2st_evidence(evidence: dict, n: int = 6, path: str | Path | None = None) -> Figure:
+    """Where the C2ST classifier tells generated images from real ones (``c2st.c2st_evidence``'s result).
+
+    Left column: the mean held-out test image of the real set, bare and under the mean evidence map
+    (generated minus real). Other columns: the ``n`` generated test images the classifier is surest
+    about, bare and under their own maps. Red cells push toward "generated", blue toward "real"; all
+    maps share one symmetric colour scale in logits, and each cell covers an eighth of the image side
+    (its receptive field is wider: see ``c2st.evidence_map``).
+    """
+    order = torch.argsort(evidence["scores_b"], descending=True)[:n].tolist()
+    images = [evidence["test_a"].float().mean(0)] + [evidence["test_b"][i].float() for i in order]
+    maps = [torch.as_tensor(evidence["difference"]).float()] + [evidence["maps_b"][i].float() for i in order]
+    size = images[0].shape[-2:]
+    scale = max(float(m.abs().max()) for m in maps) or 1.0
+    fig = figure(1.7 * len(images) + 0.8, 3.9)
+    axes = np.atleast_2d(fig.subplots(2, len(images)))
+    for k, (img, m) in enumerate(zip(images, maps)):
+        gray = to_uint8(img.mean(0, keepdim=True))[0].numpy()
+        up = torch.nn.functional.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
+        show_gray(axes[0, k], gray)
+        show_gray(axes[1, k], gray)
+        shown = axes[1, k].imshow(up.numpy(), cmap="bwr", vmin=-scale, vmax=scale, alpha=0.45, interpolation="nearest")
+        axes[0, k].set_title("mean real (test)" if k == 0 else f"generated, logit {float(m.mean()):.1f}", fontsize=8)
+    axes[1, 0].set_title("mean evidence, gen - real", fontsize=8)
+    fig.colorbar(shown, ax=axes[:, -1], shrink=0.8, label="logit contribution")
+    fig.suptitle(f"C2ST evidence (one seed, test AUC {evidence['auc']:.3f}): red = looks generated", fontsize=10)
+    return finish(fig, path)

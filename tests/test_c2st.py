@@ -110,3 +110,36 @@ def test_band_definitions_against_direct_computation():
         C.band(x, "middle")
     with pytest.raises(DataError, match="not divisible"):
         C.band(torch.rand(1, 1, 10, 10), "coarse")
+
+
+def test_evidence_map_averages_to_the_classifier_logit(sets):
+    a, b = sets
+    net, _ = C._fit(a, _blur(b, 1.5), seed=0, steps=20, batch_size=32, lr=2e-3, max_per_set=40)
+    x = torch.cat([a[:5], b[:5]])
+    maps = C.evidence_map(net, x)
+    assert maps.shape == (10, 4, 4)  # 32 px / 8
+    with torch.no_grad():
+        assert torch.allclose(maps.mean(dim=(1, 2)), net(x), atol=1e-5)
+
+
+def test_evidence_is_the_first_seeds_classifier(sets):
+    a, b = sets
+    ev = C.c2st_evidence(a, _blur(b, 1.5), seed=3, steps=40, max_per_set=60)
+    once = C.c2st_once(a, _blur(b, 1.5), seed=3, steps=40, max_per_set=60)
+    assert ev["auc"] == pytest.approx(once["auc"], abs=1e-9)
+    assert len(ev["test_a"]) == len(ev["test_b"]) == 18 and ev["maps_b"].shape == (18, 4, 4)
+    assert ev["difference"].shape == (4, 4)
+    np.testing.assert_allclose(ev["difference"], (ev["maps_b"].mean(0) - ev["maps_a"].mean(0)).double().numpy())
+
+
+def test_evidence_sits_where_the_generated_images_differ(sets):
+    """Known case: the second set is the first with a bright 8x8 square in its top-left corner, so the
+    evidence must concentrate there and not in the opposite corner."""
+    a, _ = sets
+    b = a.clone()
+    b[:, :, 2:10, 2:10] = 0.9
+    ev = C.c2st_evidence(a, b, seed=0, steps=150, max_per_set=200)
+    d = ev["difference"]
+    assert ev["auc"] > 0.99
+    assert np.unravel_index(np.argmax(d), d.shape) in {(0, 0), (0, 1), (1, 0), (1, 1)}
+    assert d[:2, :2].mean() > 3 * abs(d[2:, 2:].mean()), d

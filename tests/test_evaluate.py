@@ -52,7 +52,7 @@ def test_fresh_samples_pass_and_every_value_is_labelled(real, tmp_path):
     assert "4 scales" in d["diversity"]["settings"]
 
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(d))
-    for name in ("nn_pairs.png", "nn_distances.png"):
+    for name in ("nn_pairs.png", "nn_distances.png", "c2st_evidence.png"):
         with Image.open(out / name) as im:
             assert im.size[0] > 300 and im.size[1] > 200
     table = format_metrics(d)
@@ -62,6 +62,9 @@ def test_fresh_samples_pass_and_every_value_is_labelled(real, tmp_path):
     assert c["n_seeds"] == 2 and c["n_per_set"] == 100 and c["real_baseline_n_per_set"] == 40
     assert c["auc_ci95"][0] <= c["auc"] <= c["auc_ci95"][1]
     assert set(c["bands"]) == {"coarse", "detail"}
+    ev = c["evidence"]  # the first seed's classifier: 64 px -> 8 x 8 cells of 8 px
+    assert np.asarray(ev["map"]).shape == (8, 8) and ev["cell_px"] == 8 and ev["seed"] == 5
+    assert ev["auc"] == pytest.approx(c["per_seed_auc"][0], abs=1e-9)
     for b, t in c["bands"].items():
         assert t["n_seeds"] == 2 and t["auc_ci95"][0] <= t["auc"] <= t["auc_ci95"][1]
         assert d["summary"][f"c2st_{b}_auc"]["value"] == pytest.approx(t["auc"])

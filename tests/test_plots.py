@@ -70,3 +70,20 @@ def test_size_distribution_bars_or_scatter(tmp_path):
     scatter = plots.size_distribution(many)
     assert len(scatter.axes[0].collections[0].get_offsets()) == 20
     assert (tmp_path / "s.png").exists()
+
+
+def test_c2st_evidence_figure_draws_the_mean_map_and_the_surest_generated_images(tmp_path):
+    g = torch.Generator().manual_seed(0)
+    maps_b = torch.randn(7, 4, 4, generator=g)
+    evidence = {"auc": 0.9, "test_a": torch.rand(7, 1, 32, 32, generator=g) * 2 - 1,
+                "test_b": torch.rand(7, 1, 32, 32, generator=g) * 2 - 1, "maps_a": torch.randn(7, 4, 4, generator=g),
+                "maps_b": maps_b, "scores_b": maps_b.mean(dim=(1, 2)), "difference": np.ones((4, 4))}
+    fig = plots.c2st_evidence(evidence, n=3, path=tmp_path / "ev.png")
+    image_axes = [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+    assert len(image_axes) == 8  # 2 rows x (mean + 3 generated)
+    titles = [ax.get_title() for ax in image_axes if ax.get_title().startswith("generated")]
+    surest = torch.argsort(evidence["scores_b"], descending=True)[:3]
+    assert titles == [f"generated, logit {float(maps_b[i].mean()):.1f}" for i in surest]
+    overlays = [ax for ax in image_axes if len(ax.images) == 2]
+    assert len(overlays) == 4 and overlays[0].images[1].get_array().shape == (32, 32)
+    assert (tmp_path / "ev.png").stat().st_size > 1000
