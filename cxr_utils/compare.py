@@ -185,6 +185,7 @@ def _summary(m: Mapping[str, Any], extractors: Sequence[str]) -> dict[str, Any]:
     first = extractors[0]
     mem = m["memorisation"].get(first, m["memorisation"]["pixel"])
     out = {"swd": m["swd"]["mean"], "msssim": m["diversity"]["generated"], "msssim_real": m["diversity"]["real"],
+           "msssim_gap_ci95": m["diversity"]["difference_ci95"],
            "copy_rate": mem["copy_rate"], "mode_collapse": bool(m["diversity"]["mode_collapse"])}
     for ext in extractors:
         fid, kid, pr = m["fid"][ext], m["kid"][ext], m["precision_recall"][ext]
@@ -426,6 +427,13 @@ def verdict(comp: Comparison) -> str:
         collapsed = [n for n, r in final.items() if r["mode_collapse"]]
         if collapsed:
             lines.append(f"  Mode collapse flagged (MS-SSIM above real + margin) for: {', '.join(collapsed)}.")
+        gaps = sorted(((n, r) for n, r in final.items() if r.get("msssim_gap_ci95") is not None),
+                      key=lambda kv: abs(kv[1]["msssim"] - kv[1]["msssim_real"]))
+        if gaps:
+            lines.append("  MS-SSIM diversity, generated minus real [95% interval] (0: the real variety; above 0: "
+                         "less varied), closest first: " + "; ".join(
+                             f"{n} {r['msssim'] - r['msssim_real']:+.3f} [{r['msssim_gap_ci95'][0]:+.3f}, "
+                             f"{r['msssim_gap_ci95'][1]:+.3f}]" for n, r in gaps) + ".")
         copying = [f"{n} ({r['copy_rate']:.1%})" for n, r in final.items() if r["copy_rate"] > 0.05]
         if copying:
             lines.append(f"  Copy rate above 5 % (near-duplicates of training images): {', '.join(copying)}.")
@@ -551,7 +559,7 @@ TABLE_COLUMNS = ("contender", "budget", "kimg", "train_s", "img_per_s", "c2st_au
                  "c2st_accuracy", "c2st_floor", "c2st_coarse_auc", "c2st_detail_auc", "inception_fid",
                  "inception_fid_baseline", "inception_kid",
                  "fid", "fid_baseline", "precision", "recall", "inception_precision", "inception_recall",
-                 "msssim", "msssim_real", "copy_rate")
+                 "msssim", "msssim_real", "msssim_gap_ci95", "copy_rate")
 
 
 def format_table(comp: Comparison, columns: Sequence[str] = TABLE_COLUMNS) -> str:

@@ -21,6 +21,7 @@ import json
 import math
 import sys
 from pathlib import Path
+from statistics import NormalDist
 from typing import Any, Literal, Mapping, Sequence
 
 import numpy as np
@@ -190,9 +191,15 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
                                            copy_percentile)
     result["swd"] = {**swd, "real_baseline": swd_base["mean"], "unit": "x1e3",
                      **_counts(n_r, n_f, seed, n_holdout=n_h)}
+    gap_se = math.hypot(div_fake["se"], div_real["se"])  # independent image sets
+    z = NormalDist().inv_cdf(0.975)
+    gap = div_fake["mean"] - div_real["mean"]
     result["diversity"] = {
-        "generated": div_fake["mean"], "generated_std": div_fake["std"], "real": div_real["mean"],
-        "real_std": div_real["std"], "n_pairs": diversity_pairs, "settings": div_fake["settings"],
+        "generated": div_fake["mean"], "generated_std": div_fake["std"], "generated_ci95": div_fake["ci95"],
+        "real": div_real["mean"], "real_std": div_real["std"], "real_ci95": div_real["ci95"],
+        "difference": gap, "difference_ci95": [gap - z * gap_se, gap + z * gap_se],
+        "interval": "normal 95% from the delete-one-image jackknife (metrics.pair_mean_jackknife_se)",
+        "n_pairs": diversity_pairs, "settings": div_fake["settings"],
         "collapse_margin": collapse_margin,
         "mode_collapse": div_fake["mean"] > div_real["mean"] + collapse_margin,
         "rule": f"mode_collapse when mean generated MS-SSIM > mean real MS-SSIM + {collapse_margin}",
@@ -364,8 +371,10 @@ def format_metrics(d: dict) -> str:
                          f"{t['auc_ci95'][1]:.3f}]", f"{t['real_baseline']:.3f}", f"{c['n_per_set']}/{c['n_per_set']}",
                          f"{t['n_seeds']} seeds; " + ("layout, shading" if b == "coarse" else "edges, texture, noise")))
     div = d["diversity"]
+    gap = (f"; gen - real {div['difference']:+.3f} [{div['difference_ci95'][0]:+.3f}, {div['difference_ci95'][1]:+.3f}]"
+           if "difference_ci95" in div else "")
     rows.append(("MS-SSIM (gen vs real)", "pixels", f"{div['generated']:.3f} vs {div['real']:.3f}", "",
-                 f"{div['n_pairs']} pairs", "MODE COLLAPSE" if div["mode_collapse"] else "ok"))
+                 f"{div['n_pairs']} pairs", ("MODE COLLAPSE" if div["mode_collapse"] else "ok") + gap))
     for space, a in d["memorisation"].items():
         note = f"p={a['p_value']:.2g}" + ("  COPIES SUSPECTED" if a["flagged"] else "  ok")
         rows.append(("copy rate", space, f"{100 * a['copy_rate']:.2f}%", f"{100 * a['expected_rate']:.0f}%",

@@ -506,8 +506,35 @@ def ms_ssim(x: torch.Tensor, y: torch.Tensor, settings: MSSSIMSettings | None = 
     return out.float().reshape(len(x))
 
 
+def pair_mean_jackknife_se(values: np.ndarray, i: np.ndarray, j: np.ndarray, n: int) -> float:
+    """Standard error of a mean over image pairs, by the delete-one-image jackknife.
+
+    ``values[k]`` belongs to the pair of images ``(i[k], j[k])`` out of ``n``. A mean over pairs is a
+    (possibly incomplete) U-statistic of degree 2: the pairs share images, so ``std / sqrt(n_pairs)``
+    understates its error, and what varies from one draw of images to the next is the images. The
+    jackknife drops each image in turn with every pair it is in (Quenouille 1956, Efron & Stein 1981;
+    Arvesen 1969 for U-statistics): ``se^2 = (n - 1) / n * sum_m (mean_(-m) - mean_(.))^2``. The
+    jackknife variance errs on the large side (Efron & Stein); with random pairs (100 images, 300 pairs)
+    it was 1.18x the spread of the mean over independent draws, measured in the tests. Returns nan
+    below 3 images or when some image is in every pair.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    total, count = values.sum(), len(values)
+    touch_sum = np.bincount(i, values, n) + np.bincount(j, values, n)  # i != j in every pair
+    touch_count = np.bincount(i, minlength=n) + np.bincount(j, minlength=n)
+    left = count - touch_count
+    if n < 3 or (left <= 0).any():
+        return float("nan")
+    loo = (total - touch_sum) / left
+    return float(np.sqrt((n - 1) / n * np.sum((loo - loo.mean()) ** 2)))
+
+
 def msssim_diversity(images: torch.Tensor, n_pairs: int = 1000, seed: int = 0) -> dict:
-    """Mean MS-SSIM over random pairs of distinct images: high means alike (low diversity)."""
+    """Mean MS-SSIM over ``n_pairs`` random pairs of distinct images: high means alike (low diversity).
+
+    Returns ``mean``, the pair values' ``std``, the mean's standard error ``se`` over draws of images
+    (:func:`pair_mean_jackknife_se`) and its normal 95% interval ``ci95``. Raises ValueError below 2 images.
+    """
     n = len(images)
     if n < 2:
         raise ValueError("diversity needs at least 2 images")
@@ -517,8 +544,10 @@ def msssim_diversity(images: torch.Tensor, n_pairs: int = 1000, seed: int = 0) -
     settings = msssim_settings(min(images.shape[-2:]))
     values = torch.cat([ms_ssim(images[i[s:s + 500]], images[j[s:s + 500]], settings)
                         for s in range(0, n_pairs, 500)])
-    return {"mean": float(values.mean()), "std": float(values.std()), "n_pairs": n_pairs,
-            "settings": settings.describe()}
+    mean, se = float(values.mean()), pair_mean_jackknife_se(values.numpy(), i, j, n)
+    z = float(stats.norm.ppf(0.975))
+    return {"mean": mean, "std": float(values.std()), "se": se, "ci95": [mean - z * se, mean + z * se],
+            "n_pairs": n_pairs, "settings": settings.describe()}
 
 
 # --------------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ so a new notebook cannot silently go untested.
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import matplotlib
@@ -54,7 +55,10 @@ def _write_smoke_notebooks() -> None:
     from papermill.iorw import load_notebook_node
     from papermill.parameterize import parameterize_notebook
 
-    NBVAL_DIR.mkdir(parents=True, exist_ok=True)
+    # The folder is this function's scratch space and is rebuilt whole: a copy of a notebook since renamed
+    # or an output folder of an earlier run with other smoke parameters would otherwise be tested again.
+    shutil.rmtree(NBVAL_DIR, ignore_errors=True)
+    NBVAL_DIR.mkdir(parents=True)
     for nb_path in sorted((ROOT / "notebooks").glob("*.ipynb")):
         if nb_path.stem not in SMOKE_PARAMETERS:
             raise RuntimeError(f"{nb_path.name} has no entry in tests/conftest.py SMOKE_PARAMETERS")

@@ -197,6 +197,12 @@ def test_verdict_names_who_beats_stable_on_c2st_only_with_separate_intervals():
     text = compare.verdict(_comparison(rows, milestones=1))
     assert "Below DCGAN stable's C2ST AUC with non-overlapping intervals: FastGAN scratch." in text
     assert "per band" not in text  # no band columns, no band line
+    assert "MS-SSIM diversity" not in text  # rows from before the interval existed: no line
+    for r, gap in zip(rows, ([0.05, 0.09], [-0.01, 0.03], [-0.2, -0.1])):
+        r |= {"msssim": 0.3 + sum(gap) / 2, "msssim_gap_ci95": gap}
+    assert ("MS-SSIM diversity, generated minus real [95% interval] (0: the real variety; above 0: less varied), "
+            "closest first: FastGAN scratch +0.010 [-0.010, +0.030]; DCGAN stable +0.070 [+0.050, +0.090]; "
+            "FastGAN hybrid -0.150 [-0.200, -0.100].") in compare.verdict(_comparison(rows, milestones=1))
     for r, (coarse, detail) in zip(rows, ((0.99, 1.0), (0.71, 0.98), (0.8, 1.0))):
         r |= {"c2st_coarse_auc": coarse, "c2st_detail_auc": detail, "c2st_coarse_floor": 0.51,
               "c2st_detail_floor": 0.49}

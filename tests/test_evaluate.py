@@ -50,6 +50,11 @@ def test_fresh_samples_pass_and_every_value_is_labelled(real, tmp_path):
     assert not d["diversity"]["mode_collapse"]
     assert not d["memorisation"]["pixel"]["flagged"] and not d["memorisation"]["offline"]["flagged"]
     assert "4 scales" in d["diversity"]["settings"]
+    div = d["diversity"]  # fresh phantom samples: the gap's interval covers 0 and is the two sets' combined
+    half = [(hi - lo) / 2 for lo, hi in (div["generated_ci95"], div["real_ci95"], div["difference_ci95"])]
+    assert div["difference"] == pytest.approx(div["generated"] - div["real"])
+    assert half[2] == pytest.approx(np.hypot(half[0], half[1])) and half[0] > 0 and half[1] > 0
+    assert div["difference_ci95"][0] < 0 < div["difference_ci95"][1]
 
     assert json.loads((out / "metrics.json").read_text()) == json.loads(json.dumps(d))
     for name in ("nn_pairs.png", "nn_distances.png", "c2st_evidence.png"):

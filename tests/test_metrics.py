@@ -157,7 +157,45 @@ def test_ms_ssim_settings_fit_small_images():
 
 def test_msssim_diversity_of_identical_images_is_one():
     same = _phantom(1).expand(4, -1, -1, -1)
-    assert M.msssim_diversity(same, n_pairs=10)["mean"] == pytest.approx(1.0, abs=1e-6)
+    d = M.msssim_diversity(same, n_pairs=10)
+    assert d["mean"] == pytest.approx(1.0, abs=1e-6) and d["se"] == pytest.approx(0.0, abs=1e-6)
+
+
+def test_msssim_diversity_interval_is_the_jackknife_of_its_pairs():
+    images = _phantom(12)
+    d = M.msssim_diversity(images, n_pairs=60, seed=3)
+    rng = np.random.default_rng(3)  # the same pairs, redrawn as the function documents
+    i = rng.integers(0, 12, 60)
+    j = (i + rng.integers(1, 12, 60)) % 12
+    values = M.ms_ssim(images[i], images[j]).numpy()
+    se = M.pair_mean_jackknife_se(values, i, j, 12)
+    assert d["mean"] == pytest.approx(values.mean(), abs=1e-6) and d["se"] == pytest.approx(se, rel=1e-5)
+    assert d["ci95"] == pytest.approx([d["mean"] - 1.959964 * se, d["mean"] + 1.959964 * se], abs=1e-5)
+
+
+def test_pair_jackknife_on_a_complete_design_of_additive_pairs_is_exact():
+    """Known case: h(i, j) = a_i + a_j over all pairs is 2 mean(a), whose jackknife SE is 2 s / sqrt(n)."""
+    a = np.random.default_rng(0).normal(size=15)
+    i, j = np.triu_indices(15, k=1)
+    se = M.pair_mean_jackknife_se(a[i] + a[j], i, j, 15)
+    assert se == pytest.approx(2 * a.std(ddof=1) / np.sqrt(15), rel=1e-10)
+
+
+def test_pair_jackknife_matches_a_direct_loop_and_the_spread_over_draws():
+    rng = np.random.default_rng(1)
+    n, pairs = 100, 300
+    means, ses = [], []
+    for _ in range(200):
+        x = rng.standard_normal(n)
+        i = rng.integers(0, n, pairs)
+        j = (i + rng.integers(1, n, pairs)) % n
+        v = np.exp(-np.abs(x[i] - x[j]))
+        means.append(v.mean())
+        ses.append(M.pair_mean_jackknife_se(v, i, j, n))
+    loo = np.array([v[(i != m) & (j != m)].mean() for m in range(n)])  # the last draw, image by image
+    assert ses[-1] == pytest.approx(np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum()), rel=1e-10)
+    assert 0.95 < np.mean(ses) / np.std(means) < 1.4  # conservative, as the jackknife is
+    assert np.isnan(M.pair_mean_jackknife_se(np.ones(3), np.zeros(3, int), np.ones(3, int), 2))
 
 
 # ------------------------------------------------------------------------------------------ SWD / pyramid
