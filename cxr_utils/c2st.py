@@ -43,6 +43,8 @@ class C2STNet(nn.Module):
     differ in sharpness, noise, contrast or layout, without memorising the training part.
     """
 
+    STRIDE = 8  # input pixels per cell of the last feature map (three stride-2 convolutions)
+
     def __init__(self, channels: int = 1, width: int = 16):
         super().__init__()
         w = width
@@ -130,31 +132,32 @@ def c2st_once(a: torch.Tensor, b: torch.Tensor, seed: int, steps: int = 200, bat
 
 @torch.no_grad()
 def evidence_map(net: C2STNet, x: torch.Tensor) -> torch.Tensor:
-    """Where in each image the classifier finds its evidence: ``N x C x H x W`` -> ``N x H/8 x W/8`` logit
+    """Where in each image the classifier finds its evidence: ``N x C x H x W`` -> ``N x H//8 x W//8`` logit
     contributions (a class activation map, Zhou et al., "Learning Deep Features for Discriminative
     Localization", CVPR 2016).
 
     :class:`C2STNet` ends in a global average pool and one linear layer, so the head applied at each
     position of the last feature map, bias included, is a map whose mean over positions is exactly the
-    logit ``net(x)``. Positive cells push toward the second set ("generated"). Each cell sees a 40 px
-    receptive field centred on it (three stride-2 4x4 convolutions, one 3x3, the 3x3 Laplacian), so
-    the map localises to about an eighth of a 64 px image, not to a pixel.
+    logit ``net(x)``. Positive cells push toward the second set ("generated"). Cells are 8 px apart
+    (``C2STNet.STRIDE``) and each sees a 40 px receptive field (three stride-2 4x4 convolutions, one
+    3x3, the 3x3 Laplacian), so the map localises to an 8 px grid, not to a pixel.
     """
     detail = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), net.laplacian, groups=x.shape[1])
     features = net.body(torch.cat([x, 4 * detail], dim=1))
     return torch.einsum("nchw,c->nhw", features, net.head.weight[0]) + net.head.bias[0]
 
 
-def c2st_evidence(a: torch.Tensor, b: torch.Tensor, seed: int = 0, steps: int = 150, batch_size: int = 32,
+def c2st_evidence(a: torch.Tensor, b: torch.Tensor, seed: int = 0, steps: int = 200, batch_size: int = 32,
                   lr: float = 2e-3, max_per_set: int | None = 1000) -> dict:
-    """Seed ``seed``'s classifier of :func:`c2st` (same draw, split and training) and its evidence maps
+    """Seed ``seed``'s classifier of :func:`c2st` called with the same ``steps`` and ``max_per_set``
+    (same draw, split and training; the defaults are :func:`c2st`'s) and its evidence maps
     (:func:`evidence_map`) on the test images it never saw: *where* ``b`` (generated) gives itself away.
 
     Returns ``{"auc", "difference", "test_a", "test_b", "maps_a", "maps_b", "scores_b"}``: the seed's
-    test AUC (equal to ``c2st_once(a, b, seed, ...)["auc"]``), the mean map of ``b``'s test images minus
-    the mean map of ``a``'s (``H/8 x W/8`` numpy, in logits: where the average generated image looks
-    generated), the test images (``n x C x H x W``), their maps (``n x H/8 x W/8``) and ``b``'s logits.
-    Raises DataError as :func:`c2st_once` does.
+    test AUC (equal to ``c2st_once(a, b, seed, steps=steps, max_per_set=max_per_set)["auc"]``), the
+    mean map of ``b``'s test images minus the mean map of ``a``'s (``H//8 x W//8`` numpy, in logits:
+    where the average generated image looks generated), the test images (``n x C x H x W``), their maps
+    (``n x H//8 x W//8``) and ``b``'s logits. Raises DataError as :func:`c2st_once` does.
     """
     net, parts = _fit(a, b, seed, steps, batch_size, lr, max_per_set)
     x, y = parts["test"]

@@ -191,13 +191,15 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
                                            copy_percentile)
     result["swd"] = {**swd, "real_baseline": swd_base["mean"], "unit": "x1e3",
                      **_counts(n_r, n_f, seed, n_holdout=n_h)}
-    gap_se = math.hypot(div_fake["se"], div_real["se"])  # independent image sets
-    z = NormalDist().inv_cdf(0.975)
     gap = div_fake["mean"] - div_real["mean"]
+    gap_ci = None  # undefined below 3 images (metrics.msssim_diversity's se is None there)
+    if div_fake["se"] is not None and div_real["se"] is not None:
+        half = NormalDist().inv_cdf(0.975) * math.hypot(div_fake["se"], div_real["se"])  # independent sets
+        gap_ci = [gap - half, gap + half]
     result["diversity"] = {
         "generated": div_fake["mean"], "generated_std": div_fake["std"], "generated_ci95": div_fake["ci95"],
         "real": div_real["mean"], "real_std": div_real["std"], "real_ci95": div_real["ci95"],
-        "difference": gap, "difference_ci95": [gap - z * gap_se, gap + z * gap_se],
+        "difference": gap, "difference_ci95": gap_ci,
         "interval": "normal 95% from the delete-one-image jackknife (metrics.pair_mean_jackknife_se)",
         "n_pairs": diversity_pairs, "settings": div_fake["settings"],
         "collapse_margin": collapse_margin,
@@ -231,7 +233,7 @@ def evaluate(real_train: torch.Tensor, real_holdout: torch.Tensor, fake: torch.T
                           "real_baseline_accuracy": floor["accuracy"],
                           "headline": "ROC AUC on unseen images (0.5: indistinguishable)",
                           "evidence": {"map": evidence["difference"].round(4).tolist(), "seed": seed,
-                                       "auc": evidence["auc"], "cell_px": int(gen.shape[-1]) // 8,
+                                       "auc": evidence["auc"], "cell_px": C.C2STNet.STRIDE,
                                        "reading": "mean logit contribution per cell of the first seed's "
                                                   "classifier, generated minus real test images "
                                                   "(positive: looks generated; c2st.evidence_map)"},
@@ -267,6 +269,8 @@ def _write_outputs(out: Path, result: dict, audits: dict[str, dict], train: torc
         path=out / "nn_distances.png")
     if evidence is not None:
         plots.c2st_evidence(evidence, path=out / "c2st_evidence.png")
+    else:  # this evaluation ran no C2ST: a figure left by an earlier one would describe other images
+        (out / "c2st_evidence.png").unlink(missing_ok=True)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -372,7 +376,7 @@ def format_metrics(d: dict) -> str:
                          f"{t['n_seeds']} seeds; " + ("layout, shading" if b == "coarse" else "edges, texture, noise")))
     div = d["diversity"]
     gap = (f"; gen - real {div['difference']:+.3f} [{div['difference_ci95'][0]:+.3f}, {div['difference_ci95'][1]:+.3f}]"
-           if "difference_ci95" in div else "")
+           if div.get("difference_ci95") else "")
     rows.append(("MS-SSIM (gen vs real)", "pixels", f"{div['generated']:.3f} vs {div['real']:.3f}", "",
                  f"{div['n_pairs']} pairs", ("MODE COLLAPSE" if div["mode_collapse"] else "ok") + gap))
     for space, a in d["memorisation"].items():

@@ -373,22 +373,24 @@ def c2st_evidence(evidence: dict, n: int = 6, path: str | Path | None = None) ->
     Left column: the mean held-out test image of the real set, bare and under the mean evidence map
     (generated minus real). Other columns: the ``n`` generated test images the classifier is surest
     about, bare and under their own maps. Red cells push toward "generated", blue toward "real"; all
-    maps share one symmetric colour scale in logits, and each cell covers an eighth of the image side
-    (its receptive field is wider: see ``c2st.evidence_map``).
+    maps share one symmetric colour scale in logits, and each cell covers 8 x 8 px (its receptive
+    field is wider: see ``c2st.evidence_map``).
     """
     order = torch.argsort(evidence["scores_b"], descending=True)[:n].tolist()
     images = [evidence["test_a"].float().mean(0)] + [evidence["test_b"][i].float() for i in order]
     maps = [torch.as_tensor(evidence["difference"]).float()] + [evidence["maps_b"][i].float() for i in order]
-    size = images[0].shape[-2:]
     scale = max(float(m.abs().max()) for m in maps) or 1.0
     fig = figure(1.7 * len(images) + 0.8, 3.9)
     axes = np.atleast_2d(fig.subplots(2, len(images)))
     for k, (img, m) in enumerate(zip(images, maps)):
         gray = to_uint8(img.mean(0, keepdim=True))[0].numpy()
-        up = torch.nn.functional.interpolate(m[None, None], size=size, mode="bilinear", align_corners=False)[0, 0]
         show_gray(axes[0, k], gray)
         show_gray(axes[1, k], gray)
-        shown = axes[1, k].imshow(up.numpy(), cmap="bwr", vmin=-scale, vmax=scale, alpha=0.45, interpolation="nearest")
+        h, w = (8 * d for d in m.shape)  # cell (r, c) covers pixels [8r, 8r + 8) x [8c, 8c + 8)
+        shown = axes[1, k].imshow(m.numpy(), cmap="bwr", vmin=-scale, vmax=scale, alpha=0.45, interpolation="bilinear",
+                                  extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+        axes[1, k].set_xlim(-0.5, gray.shape[1] - 0.5)
+        axes[1, k].set_ylim(gray.shape[0] - 0.5, -0.5)
         axes[0, k].set_title("mean real (test)" if k == 0 else f"generated, logit {float(m.mean()):.1f}", fontsize=8)
     axes[1, 0].set_title("mean evidence, gen - real", fontsize=8)
     fig.colorbar(shown, ax=axes[:, -1], shrink=0.8, label="logit contribution")

@@ -118,6 +118,7 @@ def test_evidence_map_averages_to_the_classifier_logit(sets):
     x = torch.cat([a[:5], b[:5]])
     maps = C.evidence_map(net, x)
     assert maps.shape == (10, 4, 4)  # 32 px / 8
+    assert C.evidence_map(net, F.pad(x, (0, 8, 0, 4))).shape == (10, 4, 5)  # 36 x 40 px: floor(side / 8)
     with torch.no_grad():
         assert torch.allclose(maps.mean(dim=(1, 2)), net(x), atol=1e-5)
 

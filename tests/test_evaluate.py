@@ -114,6 +114,8 @@ def test_a_generator_collapsed_onto_a_training_image_is_flagged_twice(real):
     fake = (train[3:4].expand(60, -1, -1, -1) + 0.02 * torch.randn(60, 1, 64, 64, generator=g)).clamp(-1, 1)
     d = evaluate(train, holdout, fake, extractors="offline", progress=False, c2st=False)
     assert d["diversity"]["mode_collapse"] and d["diversity"]["generated"] > 0.9
+    lo, hi = d["diversity"]["difference_ci95"]
+    assert lo > 0.1  # far less varied than real, beyond its interval
     assert d["precision_recall"]["offline"]["recall"] < 0.1
     pixel = d["memorisation"]["pixel"]
     assert pixel["flagged"] and pixel["copy_rate"] == 1.0
@@ -206,3 +208,12 @@ def test_run_with_a_held_out_part_is_scored_against_images_it_never_trained_on(t
     seen = {x.numpy().tobytes() for x in training_images(cfg, progress=False).mean(1, keepdim=True)}
     assert len(seen) == 30 and all(x.numpy().tobytes() not in seen
                                    for x in held_out_images(cfg, progress=False).mean(1, keepdim=True))
+
+
+def test_an_evaluation_without_c2st_removes_an_earlier_evidence_figure(real, tmp_path):
+    train, holdout = real
+    (tmp_path / "c2st_evidence.png").write_bytes(b"an earlier evaluation's figure")
+    d = evaluate(train[:20], holdout[:8], _phantom(20, seed=2), extractors="offline", progress=False, c2st=False,
+                 out_dir=tmp_path)
+    assert "c2st" not in d and not (tmp_path / "c2st_evidence.png").exists()
+    assert (tmp_path / "metrics.json").exists()

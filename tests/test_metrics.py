@@ -1,5 +1,6 @@
 """Metric maths against independent computations, and the feature extractors' contracts."""
 
+import json
 import sys
 import types
 
@@ -196,6 +197,14 @@ def test_pair_jackknife_matches_a_direct_loop_and_the_spread_over_draws():
     assert ses[-1] == pytest.approx(np.sqrt((n - 1) / n * ((loo - loo.mean()) ** 2).sum()), rel=1e-10)
     assert 0.95 < np.mean(ses) / np.std(means) < 1.4  # conservative, as the jackknife is
     assert np.isnan(M.pair_mean_jackknife_se(np.ones(3), np.zeros(3, int), np.ones(3, int), 2))
+    with pytest.raises(ValueError, match="itself"):
+        M.pair_mean_jackknife_se(np.ones(2), np.array([0, 1]), np.array([1, 1]), 3)
+
+
+def test_msssim_diversity_of_two_images_has_no_interval_and_stays_json():
+    d = M.msssim_diversity(_phantom(2), n_pairs=5)
+    assert d["se"] is None and d["ci95"] is None and 0 < d["mean"] < 1
+    assert "NaN" not in json.dumps(d)
 
 
 # ------------------------------------------------------------------------------------------ SWD / pyramid

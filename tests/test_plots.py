@@ -85,5 +85,6 @@ def test_c2st_evidence_figure_draws_the_mean_map_and_the_surest_generated_images
     surest = torch.argsort(evidence["scores_b"], descending=True)[:3]
     assert titles == [f"generated, logit {float(maps_b[i].mean()):.1f}" for i in surest]
     overlays = [ax for ax in image_axes if len(ax.images) == 2]
-    assert len(overlays) == 4 and overlays[0].images[1].get_array().shape == (32, 32)
+    assert len(overlays) == 4 and overlays[0].images[1].get_array().shape == (4, 4)
+    assert overlays[0].images[1].get_extent() == [-0.5, 31.5, 31.5, -0.5]  # 8 px cells over the 32 px image
     assert (tmp_path / "ev.png").stat().st_size > 1000
