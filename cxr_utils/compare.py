@@ -333,7 +333,12 @@ def run(cfg: CompareConfig, out_dir: str | Path, images: torch.Tensor | None = N
         if cfg.c2st and min(len(real_hold), len(fake)) < 10:
             row["c2st_skipped"] = f"C2ST needs >= 10 held-out and generated images, got {len(real_hold)}, {len(fake)}"
         elif cfg.c2st:  # against held-out images: a generator that copies its training set does not pass
+            from .c2st import c2st_evidence
+
             row |= _c2st_columns(held_out_c2st(fake.float()), c2st_floor())
+            evidence = c2st_evidence(gray_hold, to_gray(fake.float()), seed=cfg.seed, steps=C2ST_STEPS,
+                                     max_per_set=len(real_hold))
+            row["c2st_evidence_map"] = np.round(evidence["difference"], 3).tolist()
             if cfg.c2st_bands:
                 row |= band_columns(fake.float())
         if result.history and result.history[-1].get("augment_p") is not None:
@@ -545,6 +550,38 @@ def plot_samples(comp: Comparison, n: int = 16, path: str | Path | None = None):
     return finish(fig, path)
 
 
+def plot_evidence(comp: Comparison, budget: str = "image", path: str | Path | None = None):
+    """Where the C2ST tells each contender's samples from held-out real images (``c2st.c2st_evidence``).
+
+    One panel per contender at ``budget`` ("image" or "wall"): the mean held-out image under the mean
+    evidence map of its first C2ST seed's classifier (generated minus real test images, logits, red =
+    looks generated), all on one colour scale. Rows without a map (C2ST off, or written before maps
+    existed) get a panel saying so.
+    """
+    from .plots import evidence_overlay, figure, finish
+
+    final = comp.final(budget)
+    names = [n for n in comp.config.contenders if n in final] or ["(no rows)"]
+    maps = {n: np.asarray(final[n]["c2st_evidence_map"]) for n in names if final.get(n, {}).get("c2st_evidence_map")}
+    scale = max((float(np.abs(m).max()) for m in maps.values()), default=1.0) or 1.0
+    mean_real = comp.holdout_images.float().mean(0) if len(comp.holdout_images) else None
+    fig = figure(2.6 * len(names) + 0.8, 3.0)
+    axes = fig.subplots(1, len(names), squeeze=False)[0]
+    shown = None
+    for ax, name in zip(axes, names):
+        if name in maps and mean_real is not None:
+            shown = evidence_overlay(ax, mean_real, maps[name], scale)
+            ax.set_title(f"{name}\nC2ST AUC {final[name]['c2st_auc']:.3f}", fontsize=8)
+        else:
+            ax.set_axis_off()
+            ax.text(0.5, 0.5, f"{name}:\nno C2ST evidence\nin this row", ha="center", va="center", fontsize=8)
+    if shown is not None:
+        fig.colorbar(shown, ax=list(axes), shrink=0.8, label="logit contribution")
+    fig.suptitle(f"C2ST evidence at the {budget} budget over the mean held-out image: red = looks generated",
+                 fontsize=9)
+    return finish(fig, path)
+
+
 def make_config(**overrides: Any) -> CompareConfig:
     """CompareConfig defaults plus overrides, type-checked through ``config.coerce``.
 
@@ -602,4 +639,7 @@ def cli_run(args: argparse.Namespace) -> int:
     print(text)
     plot_samples(comp, path=comp.out_dir / "samples.png")
     plot_metrics(comp, x="kimg", path=comp.out_dir / "metrics_vs_kimg.png")
+    if cfg.c2st:
+        budget = "wall" if any(r["budget"] == "wall" for r in comp.rows) else "image"
+        plot_evidence(comp, budget=budget, path=comp.out_dir / "c2st_evidence.png")
     return 0

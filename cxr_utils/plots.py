@@ -367,6 +367,21 @@ def nn_distance_histograms(spaces: dict[str, tuple[np.ndarray, np.ndarray, float
 # where a classifier two-sample test finds its evidence
 
 
+def evidence_overlay(ax, image: torch.Tensor, evidence: torch.Tensor | np.ndarray, scale: float):
+    """Draw ``image`` (``C x H x W`` in [-1, 1], shown gray) under an ``h x w`` C2ST evidence map whose cell
+    (r, c) covers pixels [8r, 8r + 8) x [8c, 8c + 8) (``c2st.evidence_map``), red positive, on a symmetric
+    colour scale of +-``scale`` logits. Returns the map's image artist (for a colour bar)."""
+    gray = to_uint8(image.float().mean(0, keepdim=True))[0].numpy()
+    show_gray(ax, gray)
+    m = np.asarray(evidence, dtype=np.float64)
+    h, w = 8 * m.shape[0], 8 * m.shape[1]
+    shown = ax.imshow(m, cmap="bwr", vmin=-scale, vmax=scale, alpha=0.45, interpolation="bilinear",
+                      extent=(-0.5, w - 0.5, h - 0.5, -0.5))
+    ax.set_xlim(-0.5, gray.shape[1] - 0.5)
+    ax.set_ylim(gray.shape[0] - 0.5, -0.5)
+    return shown
+
+
 def c2st_evidence(evidence: dict, n: int = 6, path: str | Path | None = None) -> Figure:
     """Where the C2ST classifier tells generated images from real ones (``c2st.c2st_evidence``'s result).
 
@@ -383,14 +398,8 @@ def c2st_evidence(evidence: dict, n: int = 6, path: str | Path | None = None) ->
     fig = figure(1.7 * len(images) + 0.8, 3.9)
     axes = np.atleast_2d(fig.subplots(2, len(images)))
     for k, (img, m) in enumerate(zip(images, maps)):
-        gray = to_uint8(img.mean(0, keepdim=True))[0].numpy()
-        show_gray(axes[0, k], gray)
-        show_gray(axes[1, k], gray)
-        h, w = (8 * d for d in m.shape)  # cell (r, c) covers pixels [8r, 8r + 8) x [8c, 8c + 8)
-        shown = axes[1, k].imshow(m.numpy(), cmap="bwr", vmin=-scale, vmax=scale, alpha=0.45, interpolation="bilinear",
-                                  extent=(-0.5, w - 0.5, h - 0.5, -0.5))
-        axes[1, k].set_xlim(-0.5, gray.shape[1] - 0.5)
-        axes[1, k].set_ylim(gray.shape[0] - 0.5, -0.5)
+        show_gray(axes[0, k], to_uint8(img.mean(0, keepdim=True))[0].numpy())
+        shown = evidence_overlay(axes[1, k], img, m, scale)
         axes[0, k].set_title("mean real (test)" if k == 0 else f"generated, logit {float(m.mean()):.1f}", fontsize=8)
     axes[1, 0].set_title("mean evidence, gen - real", fontsize=8)
     fig.colorbar(shown, ax=axes[:, -1], shrink=0.8, label="logit contribution")

@@ -186,6 +186,18 @@ def test_fixed_wall_budget_trains_every_contender_to_it_and_scores_c2st_against_
         assert lo <= r["c2st_auc"] <= hi and 0.0 <= r["c2st_accuracy"] <= 1.0
     assert image["c2st_floor"] == wall["c2st_floor"]  # computed once per comparison
     assert "c2st_auc" in compare.format_table(comp)
+    for r in (image, wall):  # where the first seed's classifier found its evidence: 32 px -> 4 x 4 cells
+        assert len(r["c2st_evidence_map"]) == 4 and all(len(row) == 4 for row in r["c2st_evidence_map"])
+    fig = compare.plot_evidence(comp, budget="wall", path=tmp_path / "ev.png")
+    titled = [ax for ax in fig.axes if ax.get_title().startswith("DCGAN stable")]
+    assert len(titled) == 1 and f"AUC {wall['c2st_auc']:.3f}" in titled[0].get_title()
+    assert titled[0].images[1].get_array().shape == (4, 4) and (tmp_path / "ev.png").exists()
+
+
+def test_evidence_figure_says_when_rows_have_no_map():
+    comp = _comparison([_row("DCGAN stable", 1, 2.0, 10.0)], milestones=1)
+    fig = compare.plot_evidence(comp)
+    assert any("no C2ST evidence" in t.get_text() for ax in fig.axes for t in ax.texts)
 
 
 def test_verdict_names_who_beats_stable_on_c2st_only_with_separate_intervals():
