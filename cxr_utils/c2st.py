@@ -58,10 +58,14 @@ class C2STNet(nn.Module):
         )
         self.head = nn.Linear(4 * w, 1)
 
+    def feature_map(self, x: torch.Tensor) -> torch.Tensor:
+        """``N x C x H x W`` in [-1, 1] -> the last feature map, ``N x 4*width x H//8 x W//8``."""
+        detail = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.laplacian, groups=x.shape[1])
+        return self.body(torch.cat([x, 4 * detail], dim=1))
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``N x C x H x W`` in [-1, 1] -> ``N`` logits (positive: the second set)."""
-        detail = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), self.laplacian, groups=x.shape[1])
-        return self.head(self.body(torch.cat([x, 4 * detail], dim=1)).mean(dim=(2, 3))).squeeze(1)
+        return self.head(self.feature_map(x).mean(dim=(2, 3))).squeeze(1)
 
 
 def _train_classifier(x: torch.Tensor, y: torch.Tensor, seed: int, steps: int, batch_size: int,
@@ -142,9 +146,7 @@ def evidence_map(net: C2STNet, x: torch.Tensor) -> torch.Tensor:
     (``C2STNet.STRIDE``) and each sees a 40 px receptive field (three stride-2 4x4 convolutions, one
     3x3, the 3x3 Laplacian), so the map localises to an 8 px grid, not to a pixel.
     """
-    detail = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="replicate"), net.laplacian, groups=x.shape[1])
-    features = net.body(torch.cat([x, 4 * detail], dim=1))
-    return torch.einsum("nchw,c->nhw", features, net.head.weight[0]) + net.head.bias[0]
+    return torch.einsum("nchw,c->nhw", net.feature_map(x), net.head.weight[0]) + net.head.bias[0]
 
 
 def c2st_evidence(a: torch.Tensor, b: torch.Tensor, seed: int = 0, steps: int = 200, batch_size: int = 32,
